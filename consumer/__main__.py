@@ -1,0 +1,35 @@
+"""``python -m consumer``: run the execution service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from . import logs
+from .config import Config, ConfigError
+
+
+def main() -> int:
+    try:
+        cfg = Config.from_env()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.pipeline_diag)
+    import logging
+
+    logging.getLogger("quantum.execution").info(cfg.banner())
+    from .service import Service
+
+    try:
+        service = Service(cfg)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

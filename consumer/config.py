@@ -1,0 +1,166 @@
+"""Configuration from the environment, validated once at start.
+
+A bad value must stop the service before it touches Redis: exit code 2 and one line that names the variable and what
+is allowed. There is no silent fallback, because a trading service running with a value nobody chose is worse than one
+that does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value the service refuses to run with."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer (allowed: {lo}..{hi})") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range (allowed: {lo}..{hi})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number (allowed: {lo}..{hi})") from None
+    if not lo <= value <= hi:  # also rejects nan
+        raise ConfigError(f"{name}={raw.strip()} is out of range (allowed: {lo}..{hi})")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (allowed: true/false, 1/0, yes/no, on/off)")
+
+
+def _str(env: Mapping[str, str], name: str, default: str, pattern_ok=lambda s: True, allowed: str = "") -> str:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip()
+    if not pattern_ok(value):
+        raise ConfigError(f"{name}={value!r} is not allowed ({allowed})")
+    return value
+
+
+def _key_ok(s: str) -> bool:
+    return 0 < len(s) <= 200 and all(c.isprintable() and not c.isspace() for c in s)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective settings of one service process."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    intent_stream: str = "quantum:stream:trade.intent"
+    result_stream: str = "quantum:stream:execution.result"
+    dlq_stream: str = "quantum:stream:trade.intent.dlq"
+    group: str = "quantum-execution"
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    intent_max_age_sec: int = 600
+    xreadgroup_count: int = 10
+    exec_concurrency: int = 1
+    pipeline_diag: bool = False
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    max_deliveries: int = 5
+    max_payload_bytes: int = 16_384
+    clock_skew_sec: int = 30
+    idempotency_ttl_sec: int = 7 * 24 * 3600
+    rate_limit_max: int = 50
+    rate_limit_window_sec: int = 1
+    shutdown_timeout_sec: int = 20
+    stale_log_interval_sec: float = 30.0
+    executor: str = "paper"
+    paper_latency_ms: int = 0
+    paper_fail_rate: float = 0.0
+    schema_dir: Path = DEFAULT_SCHEMA_DIR
+    stats_key: str = "quantum:stats:execution"
+    idem_prefix: str = "quantum:idem:"
+    rate_prefix: str = "quantum:rate:orders:"
+    stream_maxlen: int = 1_000_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        """Read and validate every variable; raise ConfigError naming the first bad one."""
+        e = os.environ if env is None else env
+        redis_url = _str(e, "REDIS_URL", cls.redis_url, lambda s: s.split("://", 1)[0] in ("redis", "rediss", "unix"),
+                         "a redis://, rediss:// or unix:// URL")
+        cfg = cls(
+            redis_url=redis_url,
+            intent_stream=_str(e, "INTENT_STREAM", cls.intent_stream, _key_ok, "a Redis key without spaces"),
+            result_stream=_str(e, "RESULT_STREAM", cls.result_stream, _key_ok, "a Redis key without spaces"),
+            dlq_stream=_str(e, "DLQ_STREAM", cls.dlq_stream, _key_ok, "a Redis key without spaces"),
+            group=_str(e, "CONSUMER_GROUP", cls.group, _key_ok, "a group name without spaces"),
+            consumer=_str(e, "CONSUMER_NAME", f"{socket.gethostname()}-{os.getpid()}", _key_ok,
+                          "a consumer name without spaces"),
+            intent_max_age_sec=_int(e, "INTENT_MAX_AGE_SEC", 600, 1, 7 * 24 * 3600),
+            xreadgroup_count=_int(e, "XREADGROUP_COUNT", 10, 1, 1000),
+            exec_concurrency=_int(e, "EXEC_CONCURRENCY", 1, 1, 64),
+            pipeline_diag=_bool(e, "PIPELINE_DIAG", False),
+            block_ms=_int(e, "XREADGROUP_BLOCK_MS", 1000, 10, 10_000),
+            claim_idle_ms=_int(e, "CLAIM_IDLE_MS", 60_000, 1000, 24 * 3600 * 1000),
+            max_deliveries=_int(e, "MAX_DELIVERIES", 5, 1, 100),
+            max_payload_bytes=_int(e, "MAX_PAYLOAD_BYTES", 16_384, 256, 1_048_576),
+            clock_skew_sec=_int(e, "INTENT_CLOCK_SKEW_SEC", 30, 0, 3600),
+            idempotency_ttl_sec=_int(e, "IDEMPOTENCY_TTL_SEC", 7 * 24 * 3600, 60, 365 * 24 * 3600),
+            rate_limit_max=_int(e, "RATE_LIMIT_MAX", 50, 1, 10_000_000),
+            rate_limit_window_sec=_int(e, "RATE_LIMIT_WINDOW_SEC", 1, 1, 3600),
+            shutdown_timeout_sec=_int(e, "SHUTDOWN_TIMEOUT_SEC", 20, 1, 600),
+            stale_log_interval_sec=float(_int(e, "STALE_LOG_INTERVAL_SEC", 30, 1, 3600)),
+            executor=_str(e, "EXECUTOR", "paper", lambda s: s.replace("_", "").replace(".", "").replace(":", "").isalnum(),
+                          "an executor name such as 'paper' or 'package.module:Class'"),
+            paper_latency_ms=_int(e, "PAPER_LATENCY_MS", 0, 0, 60_000),
+            paper_fail_rate=_float(e, "PAPER_FAIL_RATE", 0.0, 0.0, 1.0),
+            schema_dir=Path(_str(e, "SCHEMA_DIR", str(DEFAULT_SCHEMA_DIR))),
+            stream_maxlen=_int(e, "RESULT_STREAM_MAXLEN", 1_000_000, 1000, 1_000_000_000),
+        )
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Cross-variable rules that single ranges cannot express."""
+        if self.idempotency_ttl_sec <= self.intent_max_age_sec:
+            raise ConfigError(
+                f"IDEMPOTENCY_TTL_SEC={self.idempotency_ttl_sec} must exceed INTENT_MAX_AGE_SEC="
+                f"{self.intent_max_age_sec} (a duplicate must meet its record before it goes stale)")
+        if self.claim_idle_ms <= self.block_ms:
+            raise ConfigError(f"CLAIM_IDLE_MS={self.claim_idle_ms} must exceed XREADGROUP_BLOCK_MS={self.block_ms}")
+        if not (self.schema_dir / "trade_intent.schema.json").is_file():
+            raise ConfigError(f"SCHEMA_DIR={str(self.schema_dir)!r} has no trade_intent.schema.json")
+
+    @property
+    def max_in_flight(self) -> int:
+        """Backpressure bound: unacknowledged intents held by this process."""
+        return self.exec_concurrency + self.xreadgroup_count
+
+    def banner(self) -> str:
+        """The one start-up line operators and the deploy play grep for."""
+        return (f"P0.D.5 Config: INTENT_MAX_AGE_SEC={self.intent_max_age_sec}, "
+                f"XREADGROUP_COUNT={self.xreadgroup_count}, EXEC_CONCURRENCY={self.exec_concurrency}")

@@ -1,0 +1,51 @@
+"""The paper venue: fills every order after ``PAPER_LATENCY_MS``, remembering it like an exchange would.
+
+Its order book lives in Redis (``quantum:paper:order:<client_order_id>``, SET NX), which is what makes reconciliation
+after a crash real: the service asks this venue, by client order id, what became of an order. Failures are injected
+deterministically (a hash of the intent_id against ``PAPER_FAIL_RATE``) so tests and ramp gates can rely on them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+
+import redis
+
+from .base import Executor, Order, Report
+
+KEY_PREFIX = "quantum:paper:order:"
+
+
+def injected_failure(client_order_id: str, fail_rate: float) -> bool:
+    """Same answer for the same id on every run and every host."""
+    return fail_rate > 0 and zlib.crc32(client_order_id.encode()) % 1_000_000 < fail_rate * 1_000_000
+
+
+class PaperExecutor(Executor):
+    name = "paper"
+
+    def __init__(self, client: redis.Redis, latency_ms: int = 0, fail_rate: float = 0.0,
+                 ttl_sec: int = 7 * 24 * 3600) -> None:
+        self._redis = client
+        self._latency = latency_ms / 1000.0
+        self._fail_rate = fail_rate
+        self._ttl = ttl_sec
+
+    def submit(self, order: Order) -> Report:
+        if self._latency:
+            time.sleep(self._latency)  # the venue's round trip
+        if injected_failure(order.client_order_id, self._fail_rate):
+            return Report(status="REJECTED", error="paper venue: injected rejection (PAPER_FAIL_RATE)")
+        report = Report(status="FILLED", filled_qty=order.qty, avg_price=order.price,
+                        venue_order_id=f"paper-{order.client_order_id}")
+        key = KEY_PREFIX + order.client_order_id
+        record = json.dumps(report.__dict__, separators=(",", ":"))
+        if not self._redis.set(key, record, nx=True, ex=self._ttl):
+            return self.lookup(order.client_order_id) or report  # the venue refuses a second order with this id
+        return report
+
+    def lookup(self, client_order_id: str) -> Report | None:
+        raw = self._redis.get(KEY_PREFIX + client_order_id)
+        return Report(**json.loads(raw)) if raw else None

@@ -1,0 +1,217 @@
+"""Read-only views of the pipeline's Redis state: streams, the consumer group, dead letters, limiters, counters.
+
+Every function here issues read commands only (XINFO, XREVRANGE, SCAN, GET, PTTL, HGETALL, TIME): the proof CLI runs
+against production and must never change what it observes. Values come back as plain dicts so that the human layout,
+the JSON report and the live view share one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from .proof_config import COUNTER_NAMES, ProofSettings
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: ProofSettings) -> redis.Redis:
+    """A client that fails fast: an unreachable Redis must become exit 2 within seconds, not hang an operator."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        encoding_errors="replace",  # dead letters hold arbitrary bytes; a report must still print
+        socket_connect_timeout=settings.connect_timeout_sec,
+        socket_timeout=max(settings.connect_timeout_sec, 5.0),
+        retry_on_timeout=False,
+    )
+
+
+def id_ms(entry_id: str | None) -> int | None:
+    """The millisecond time part of a stream entry id (the Redis server's clock when it was added)."""
+    if not entry_id or "-" not in entry_id:
+        return None
+    try:
+        return int(entry_id.split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _as_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def server_time(r: redis.Redis) -> float:
+    """Redis's own clock, so that ages of entry ids and limiter resets do not depend on this host's clock."""
+    sec, usec = r.time()
+    return sec + usec / 1e6
+
+
+def stream_info(r: redis.Redis, key: str) -> dict[str, Any]:
+    """Length, last-generated-id and entries-added of a stream; `exists: false` when the key is missing."""
+    try:
+        info = r.xinfo_stream(key)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            # A stream that does not exist has had nothing added: 0 keeps deltas defined once it appears.
+            return {"key": key, "exists": False, "length": 0, "last_generated_id": None, "entries_added": 0}
+        raise
+    return {
+        "key": key,
+        "exists": True,
+        "length": _as_int(info.get("length")) or 0,
+        "last_generated_id": info.get("last-generated-id"),
+        "entries_added": _as_int(info.get("entries-added")),
+    }
+
+
+def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any]:
+    """Lag, pending and entries-read of one group; lag is estimated from entries-added when Redis reports nil."""
+    out: dict[str, Any] = {
+        "stream": stream, "name": group, "exists": False, "lag": None, "lag_estimated": False,
+        "pending": 0, "entries_read": None, "last_delivered_id": None, "consumer_count": 0,
+    }
+    try:
+        groups = r.xinfo_groups(stream)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return out
+        raise
+    for g in groups:
+        if g.get("name") != group:
+            continue
+        out.update(
+            exists=True,
+            pending=_as_int(g.get("pending")) or 0,
+            entries_read=_as_int(g.get("entries-read")),
+            last_delivered_id=g.get("last-delivered-id"),
+            consumer_count=_as_int(g.get("consumers")) or 0,
+            lag=_as_int(g.get("lag")),
+        )
+        break
+    return out
+
+
+def estimate_lag(group: dict[str, Any], intents: dict[str, Any]) -> None:
+    """Fill a nil lag (Redis cannot compute it after some deletions) from entries-added − entries-read."""
+    if not group["exists"] or group["lag"] is not None:
+        return
+    added, read = intents.get("entries_added"), group.get("entries_read")
+    if added is not None and read is not None:
+        group["lag"] = max(0, added - read)
+        group["lag_estimated"] = True
+
+
+def consumers(r: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:
+    """Each consumer's pending count and idle time: a consumer holding entries while idle is a crashed one."""
+    try:
+        rows = r.xinfo_consumers(stream, group)
+    except redis.ResponseError:
+        return []
+    out = []
+    for c in rows:
+        out.append({
+            "name": c.get("name"),
+            "pending": _as_int(c.get("pending")) or 0,
+            "idle_ms": _as_int(c.get("idle")),
+            "inactive_ms": _as_int(c.get("inactive")),  # Redis >= 7.2 only
+        })
+    out.sort(key=lambda c: (-c["pending"], c["name"] or ""))
+    return out
+
+
+def dlq_info(r: redis.Redis, key: str, newest: int) -> dict[str, Any]:
+    """The dead-letter stream's length and its newest reasons (payloads are left out: they can be large or binary)."""
+    length = r.xlen(key)
+    rows = r.xrevrange(key, "+", "-", count=newest) if newest > 0 and length else []
+    return {
+        "key": key,
+        "length": length,
+        "newest": [
+            {"id": eid, "reason": fields.get("reason"), "source_id": fields.get("source_id")}
+            for eid, fields in rows
+        ],
+    }
+
+
+def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int) -> dict[str, Any]:
+    """Every limiter key with its count, TTL and reset time, found with SCAN (never KEYS on a production Redis)."""
+    keys = sorted(set(r.scan_iter(match=pattern, count=1000)))
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.get(k)
+        pipe.pttl(k)
+    raw = pipe.execute(raise_on_error=False) if keys else []
+    rows = []
+    for i, k in enumerate(keys):
+        value, pttl = raw[2 * i], raw[2 * i + 1]
+        ttl_ms = pttl if isinstance(pttl, int) and pttl >= 0 else None
+        rows.append({
+            "key": k,
+            "count": _as_int(value) if not isinstance(value, Exception) else None,
+            "ttl_sec": None if ttl_ms is None else round(ttl_ms / 1000, 3),
+            "resets_at": None if ttl_ms is None else round(now + ttl_ms / 1000, 3),
+            "no_expiry": pttl == -1,
+        })
+    # Newest windows first: those are the ones an operator is looking at.
+    rows.sort(key=lambda row: row["key"], reverse=True)
+    return {"pattern": pattern, "total": len(rows), "keys": rows[:keep], "truncated": len(rows) > keep}
+
+
+def counters(r: redis.Redis, key: str) -> dict[str, Any]:
+    """The service's counters hash; missing fields read as 0 so that deltas are always defined."""
+    raw = r.hgetall(key)
+    values = {name: _as_int(raw.get(name)) or 0 for name in COUNTER_NAMES}
+    extra = {k: v for k, v in raw.items() if k not in COUNTER_NAMES}
+    return {"key": key, "exists": bool(raw), "values": values, "extra": extra}
+
+
+@dataclass
+class Sample:
+    """The cheap part of the state, read twice per run (and every tick in --watch) to see movement."""
+
+    t: float
+    results: dict[str, Any]
+    intents: dict[str, Any]
+    group: dict[str, Any]
+    counters: dict[str, Any]
+    dlq_length: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backlog(self) -> int | None:
+        """Entries not yet done: never delivered (lag) plus delivered but unacknowledged (pending)."""
+        if not self.group["exists"] or self.group["lag"] is None:
+            return None
+        return self.group["lag"] + self.group["pending"]
+
+
+def take_sample(r: redis.Redis, s: ProofSettings) -> Sample:
+    """One consistent-enough reading of the moving numbers (a handful of O(1) commands)."""
+    now = server_time(r)
+    intents = stream_info(r, s.intent_stream)
+    group = group_info(r, s.intent_stream, s.group)
+    estimate_lag(group, intents)
+    return Sample(
+        t=now,
+        results=stream_info(r, s.result_stream),
+        intents=intents,
+        group=group,
+        counters=counters(r, s.stats_key),
+        dlq_length=r.xlen(s.dlq_stream),
+    )
+
+
+def server_facts(r: redis.Redis) -> dict[str, Any]:
+    """Redis version and role: lag needs 7.0, and a replica would show a stale picture."""
+    info = r.info("server")
+    repl = r.info("replication")
+    return {"version": info.get("redis_version"), "role": repl.get("role")}

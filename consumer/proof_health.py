@@ -1,0 +1,122 @@
+"""The verdict: which observations make the pipeline UNHEALTHY, and which are only worth a note.
+
+Rules (each is one check in the report; any failed check makes the verdict UNHEALTHY, exit 1):
+
+1. group      — the intent stream exists and carries the consumer group (the service creates it at start).
+2. units      — where systemd is present: both units loaded and ActiveState=active.
+3. progress   — nothing to do (lag 0 and pending 0), or the pipeline moved in the sample window (see
+                proof_report: reads, consumed, pending shrinking or results). Work waiting with no movement is a
+                stall. With no window to judge (--sample-sec 0 and no previous snapshot) progress is unknown,
+                which is not healthy either: a proof must prove.
+4. error_rate — the error rate (proof_report's definition) is at most the threshold (default 5 %).
+
+Notes (never change the verdict): a consumer idle for long while holding pending entries, a group without
+consumers, dead letters added in the window, limiter keys without a TTL, an estimated lag, a replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IDLE_PENDING_NOTE_MS = 60_000
+
+
+def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail}
+
+
+def check_group(report: dict[str, Any]) -> dict[str, Any]:
+    g, intents = report["group"], report["intent_stream"]
+    if not intents["exists"]:
+        return _check("group", False, f"intent stream {intents['key']} does not exist (service never started?)")
+    if not g["exists"]:
+        return _check("group", False, f"group {g['name']} missing on {intents['key']}")
+    return _check("group", True, f"group {g['name']} on {intents['key']}")
+
+
+def check_units(report: dict[str, Any]) -> dict[str, Any]:
+    sd = report["systemd"]
+    if not sd["present"]:
+        return _check("units", None, "systemd: not present")
+    bad = []
+    for name, u in sd["units"].items():
+        if u.get("error"):
+            bad.append(f"{name}: {u['error']}")
+        elif u.get("load_state") != "loaded":
+            bad.append(f"{name} {u.get('load_state')}")
+        elif u.get("active_state") != "active":
+            bad.append(f"{name} {u.get('active_state')}/{u.get('sub_state')}")
+    if bad:
+        return _check("units", False, "unit not active: " + ", ".join(bad))
+    return _check("units", True, "all units active")
+
+
+def check_progress(report: dict[str, Any]) -> dict[str, Any]:
+    g = report["group"]
+    if not g["exists"]:
+        return _check("progress", None, "no group")
+    lag, pending = g["lag"], g["pending"]
+    if lag == 0 and pending == 0:
+        return _check("progress", True, "nothing to do (lag 0, pending 0)")
+    mv = report["movement"]
+    if mv is None:
+        return _check("progress", False,
+                      f"progress unknown: lag {lag}, pending {pending}, no sample window and no previous snapshot")
+    if mv["progress"]:
+        return _check("progress", True, f"moving: read {mv['entries_read']}, results {mv['results_added']} "
+                                        f"in {mv['window_sec']}s")
+    lag_text = "unknown" if lag is None else str(lag)
+    return _check("progress", False, f"stalled: lag {lag_text}, pending {pending}, nothing read, acked or "
+                                     f"produced in {mv['window_sec']}s")
+
+
+def check_error_rate(report: dict[str, Any]) -> dict[str, Any]:
+    er = report["error_rate"]
+    if er["value"] is None:
+        return _check("error_rate", None, "no consumed intents yet")
+    text = (f"error rate {er['value'] * 100:.2f}% ({er['basis']}) vs max {er['max'] * 100:.2f}% "
+            f"[{er['definition']}]")
+    return _check("error_rate", er["value"] <= er["max"], text)
+
+
+def notes(report: dict[str, Any]) -> list[str]:
+    """Observations an operator should see that do not, alone, mean the pipeline is broken."""
+    out = []
+    g = report["group"]
+    if g["exists"] and g["consumer_count"] == 0:
+        out.append(f"group {g['name']} has no consumers")
+    if g.get("lag_estimated"):
+        out.append("lag estimated from entries-added − entries-read (Redis reported nil)")
+    for c in report["consumers"]:
+        if c["pending"] > 0 and (c["idle_ms"] or 0) >= IDLE_PENDING_NOTE_MS:
+            out.append(f"consumer {c['name']} holds {c['pending']} pending, idle {c['idle_ms'] / 1000:.0f}s "
+                       "(crashed? reclaimed after CLAIM_IDLE_MS)")
+    mv = report["movement"]
+    if mv and (mv.get("dlq_added") or 0) > 0:
+        out.append(f"{mv['dlq_added']} dead letters added in the last {mv['window_sec']}s")
+    for k in report["rate_limiters"]["keys"]:
+        if k["no_expiry"]:
+            out.append(f"rate limiter {k['key']} has no TTL (its window never resets)")
+    if report["redis"].get("role") not in (None, "master"):
+        out.append(f"Redis is a {report['redis']['role']}: numbers may lag the primary")
+    return out
+
+
+def evaluate(report: dict[str, Any]) -> dict[str, Any]:
+    """All checks, the notes, and the verdict line's words."""
+    checks = [check_group(report), check_units(report), check_progress(report), check_error_rate(report)]
+    reasons = [c["detail"] for c in checks if c["ok"] is False]
+    return {
+        "healthy": not reasons,
+        "verdict": "HEALTHY" if not reasons else "UNHEALTHY",
+        "reasons": reasons,
+        "checks": checks,
+        "notes": notes(report),
+    }
+
+
+def verdict_line(health: dict[str, Any]) -> str:
+    """`VERDICT: HEALTHY` or `VERDICT: UNHEALTHY: reason; reason`."""
+    if health["healthy"]:
+        return "VERDICT: HEALTHY"
+    return "VERDICT: UNHEALTHY: " + "; ".join(health["reasons"])
