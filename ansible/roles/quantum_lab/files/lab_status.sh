@@ -1,0 +1,30 @@
+#!/bin/bash
+# Report, as one JSON object, every trace a lab host can leave on the control node:
+# the systemd-nspawn process (from its pid file, checked against its command line), the network namespace and the
+# processes inside it, the veth link, mounts below the lab directory, and the lab directory itself.
+# Usage: lab_status.sh NAME NETNS VETH LAB_DIR
+set -euo pipefail
+name=$1 netns=$2 veth=$3 dir=$4
+pidfile=$dir/nspawn.pid
+
+nspawn_pid=null
+if [ -r "$pidfile" ]; then
+  pid=$(tr -dc '0-9' < "$pidfile")
+  if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] &&
+     tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qxF -- "--machine=$name"; then
+    nspawn_pid=$pid
+  fi
+fi
+
+netns=$( [ -e "/run/netns/$netns" ] && echo true || echo false )
+netns_pids="[]"
+if [ "$netns" = true ]; then
+  netns_pids="[$(ip netns pids "$2" 2>/dev/null | paste -sd, -)]"
+fi
+link=$( ip link show dev "$veth" >/dev/null 2>&1 && echo true || echo false )
+mounts=$(findmnt -rn -o TARGET | awk -v d="$dir/" 'index($0, d) == 1 { printf "%s\"%s\"", (n++ ? "," : ""), $0 }')
+exists=$( [ -e "$dir" ] && echo true || echo false )
+rootfs=$( [ -d "$dir/rootfs/etc" ] && echo true || echo false )
+
+printf '{"nspawn_pid": %s, "netns": %s, "netns_pids": %s, "link": %s, "mounts": [%s], "dir": %s, "rootfs": %s}\n' \
+  "$nspawn_pid" "$netns" "$netns_pids" "$link" "$mounts" "$exists" "$rootfs"
