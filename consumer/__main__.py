@@ -16,16 +16,14 @@ def main() -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     logs.setup(cfg.pipeline_diag)
-    import logging
-
-    logging.getLogger("quantum.execution").info(cfg.banner())
-    from .service import Service
+    from .service import Service, log
 
     try:
         service = Service(cfg)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    log.info(cfg.banner())
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
     return service.run()

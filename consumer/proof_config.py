@@ -17,8 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 COUNTER_NAMES = (
     "consumed", "executed", "stale", "invalid", "duplicate", "failed", "dead_lettered", "reclaimed", "reconciled",
 )
-# Numerator of the error rate. `consumed` (every entry the service took an outcome for) is the denominator.
-ERROR_COUNTERS = ("failed", "invalid", "dead_lettered")
+# Numerator of the error rate; `consumed` (every entry acked with an outcome, stale drops included) is the
+# denominator. The service counts an invalid intent in both `invalid` and `dead_lettered`, and a failed execution in
+# both `executed` and `failed`, so failed + dead_lettered counts each bad outcome exactly once.
+ERROR_COUNTERS = ("failed", "dead_lettered")
 UNITS = ("quantum-ai-engine", "quantum-execution")
 DEFAULT_STATE_DIR = Path("/var/lib/quantum/proof")
 

@@ -6,7 +6,8 @@ Definitions, shared with the ramp gates (they read the JSON report):
 * progress = in the window, the group read entries, or the service's `consumed` counter moved, or pending shrank,
   or the result stream grew. A stale-only backlog drains without producing results, so results alone are not
   progress.
-* error rate = (Δfailed + Δinvalid + Δdead_lettered) / Δconsumed. The window is the previous run's snapshot when it
+* error rate = (Δfailed + Δdead_lettered) / Δconsumed. `invalid` is not added: the service counts every invalid
+  intent in `dead_lettered` too (which also holds entries over MAX_DELIVERIES), so adding it would count twice. The window is the previous run's snapshot when it
   is younger than `snapshot_max_age_sec`, else this run's sample window. When that window saw fewer than
   `error_min_sample` consumed entries the cumulative ratio of the counters (since they were created) is used instead,
   so a quiet window neither hides a broken executor nor turns one failure in three intents into a 33 % alarm.
@@ -19,7 +20,7 @@ from typing import Any
 from .proof_collect import Sample
 from .proof_config import ERROR_COUNTERS, ProofSettings
 
-ERROR_RATE_DEFINITION = "(failed + invalid + dead_lettered) / consumed"
+ERROR_RATE_DEFINITION = "(failed + dead_lettered) / consumed"
 
 
 def _delta(a: int | None, b: int | None) -> int | None:

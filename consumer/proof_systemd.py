@@ -21,7 +21,7 @@ UNIT_PROPERTIES = (
     "ControlGroup", "CPUUsageNSec", "MemoryCurrent",
 )
 STALE_MARK = "STALE_INTENT_DROP"
-_SUPPRESSED = re.compile(r"(?:suppressed[=: ]+(\d+))|(?:(\d+)\s+(?:more\s+)?(?:were\s+)?suppressed)", re.IGNORECASE)
+_SUPPRESSED = re.compile(r"(?:suppressed\w*[=: ]+(\d+))|(?:(\d+)\s+(?:more\s+)?(?:were\s+)?suppressed)", re.IGNORECASE)
 
 
 def systemd_present() -> bool:

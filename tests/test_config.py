@@ -1,0 +1,61 @@
+"""Bad configuration stops the service at once: exit code 2, one line naming the variable, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consumer.config import Config, ConfigError
+from support import ROOT, ServiceProcess
+
+BAD = [
+    ("INTENT_MAX_AGE_SEC", "abc"), ("INTENT_MAX_AGE_SEC", "0"), ("INTENT_MAX_AGE_SEC", "-5"),
+    ("INTENT_MAX_AGE_SEC", "99999999999"), ("INTENT_MAX_AGE_SEC", "1.5"),
+    ("XREADGROUP_COUNT", "ten"), ("XREADGROUP_COUNT", "0"), ("XREADGROUP_COUNT", "100000"),
+    ("EXEC_CONCURRENCY", "0"), ("EXEC_CONCURRENCY", "-1"), ("EXEC_CONCURRENCY", "1000"), ("EXEC_CONCURRENCY", "2x"),
+    ("PIPELINE_DIAG", "maybe"), ("CLAIM_IDLE_MS", "5"), ("MAX_DELIVERIES", "0"), ("PAPER_LATENCY_MS", "-1"),
+    ("PAPER_FAIL_RATE", "2"), ("PAPER_FAIL_RATE", "nan"), ("RATE_LIMIT_MAX", "0"), ("RATE_LIMIT_WINDOW_SEC", "x"),
+    ("MAX_PAYLOAD_BYTES", "10"), ("REDIS_URL", "http://localhost"), ("CONSUMER_NAME", "has space"),
+    ("SCHEMA_DIR", "/nonexistent"), ("EXECUTOR", "nosuchmodule:Thing"),
+]
+
+
+def run_service(env: dict[str, str]) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in ("INTENT_MAX_AGE_SEC", "XREADGROUP_COUNT")}
+    full.update({"REDIS_URL": "redis://127.0.0.1:1/0", **env})
+    return subprocess.run([sys.executable, "-m", "consumer"], cwd=ROOT, env=full, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("name, value", BAD)
+def test_bad_value_exits_2_with_one_line_naming_it(name, value):
+    done = run_service({name: value})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert name in lines[0] and "Traceback" not in done.stderr
+    assert "P0.D.5 Config" not in done.stdout + done.stderr
+
+
+def test_cross_variable_rule():
+    with pytest.raises(ConfigError, match="IDEMPOTENCY_TTL_SEC"):
+        Config.from_env({"INTENT_MAX_AGE_SEC": "600", "IDEMPOTENCY_TTL_SEC": "600"})
+
+
+def test_defaults_are_the_conservative_release_values():
+    cfg = Config.from_env({})
+    assert (cfg.intent_max_age_sec, cfg.xreadgroup_count, cfg.exec_concurrency, cfg.pipeline_diag) == (600, 10, 1,
+                                                                                                        False)
+    assert cfg.banner() == "P0.D.5 Config: INTENT_MAX_AGE_SEC=600, XREADGROUP_COUNT=10, EXEC_CONCURRENCY=1"
+
+
+def test_start_prints_exactly_one_config_line_with_effective_values(redis_url):
+    svc = ServiceProcess(redis_url, INTENT_MAX_AGE_SEC=300, XREADGROUP_COUNT=30, EXEC_CONCURRENCY=2).start()
+    assert svc.stop() == 0
+    lines = [line for line in svc.log().splitlines() if "P0.D.5 Config" in line]
+    assert lines == ["INFO P0.D.5 Config: INTENT_MAX_AGE_SEC=300, XREADGROUP_COUNT=30, EXEC_CONCURRENCY=2"]
+    # a quiet log at the default settings: the config line, then the stop line, nothing else
+    assert len(svc.log().strip().splitlines()) == 2, svc.log()
