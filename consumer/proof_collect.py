@@ -96,6 +96,8 @@ def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any]:
             consumer_count=_as_int(g.get("consumers")) or 0,
             lag=_as_int(g.get("lag")),
         )
+        if out["entries_read"] is None and out["last_delivered_id"] in ("0-0", "0"):
+            out["entries_read"] = 0  # a group created at 0 that has read nothing yet: Redis reports nil
         break
     return out
 

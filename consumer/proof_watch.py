@@ -62,8 +62,11 @@ class DrainTracker:
         backlog = last.backlog
 
         def rate(get: Callable[[collect.Sample], int | None]) -> float | None:
-            a, b = get(first), get(last)
-            return None if span <= 0 or a is None or b is None else (b - a) / span
+            # The oldest sample in the window that knows the value (entries-read can be nil early on).
+            known = [x for x in self.samples if get(x) is not None]
+            if len(known) < 2 or known[-1] is not last or last.t - known[0].t <= 0:
+                return None
+            return (get(last) - get(known[0])) / (last.t - known[0].t)
 
         read = rate(lambda s: s.group.get("entries_read"))
         inflow = rate(lambda s: s.intents.get("entries_added"))
@@ -109,7 +112,7 @@ def frame_lines(v: dict[str, Any], s: ProofSettings, units: dict[str, Any], widt
                      f"read {_rate_text(v['read_per_sec'])}  in {_rate_text(v['in_per_sec'])}  "
                      f"net {_rate_text(v['net_per_sec'])}")
     d_err, d_con = v["errors"]
-    err = f"{d_err / d_con * 100:.2f}% ({n(d_err)}/{n(d_con)} in {v['span']:.0f}s)" if d_con > 0 else "n/a (idle)"
+    err = f"{d_err / d_con * 100:.2f}% ({n(d_err)}/{n(d_con)} in {dur(v['span'])})" if d_con > 0 else "n/a (idle)"
     lines.append(f"results  length {n(v['results_length'])}  {_rate_text(v['results_per_sec'])}   errors {err}   "
                  f"dlq {n(v['dlq_length'])}")
     lines.append("counters " + "  ".join(f"{k} {n(x)}" for k, x in v["counters"].items()))
