@@ -150,8 +150,6 @@ class Config:
             raise ConfigError(
                 f"IDEMPOTENCY_TTL_SEC={self.idempotency_ttl_sec} must exceed INTENT_MAX_AGE_SEC="
                 f"{self.intent_max_age_sec} (a duplicate must meet its record before it goes stale)")
-        if self.claim_idle_ms <= self.block_ms:
-            raise ConfigError(f"CLAIM_IDLE_MS={self.claim_idle_ms} must exceed XREADGROUP_BLOCK_MS={self.block_ms}")
         if not (self.schema_dir / "trade_intent.schema.json").is_file():
             raise ConfigError(f"SCHEMA_DIR={str(self.schema_dir)!r} has no trade_intent.schema.json")
 

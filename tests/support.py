@@ -112,11 +112,17 @@ class ServiceProcess:
                                          stderr=log)
         try:
             if ready:
-                sock.settimeout(timeout)
+                sock.settimeout(0.1)
+                deadline = time.monotonic() + timeout
                 while True:
-                    msg = sock.recv(4096).decode()
-                    if "READY=1" in msg:
-                        break
+                    try:
+                        if "READY=1" in sock.recv(4096).decode():
+                            break
+                    except TimeoutError:
+                        if self.proc.poll() is not None:
+                            raise AssertionError(f"service exited {self.proc.returncode}: {self.log()}") from None
+                        if time.monotonic() > deadline:
+                            raise AssertionError(f"service not ready after {timeout}s: {self.log()}") from None
         finally:
             sock.close()
             sock_path.unlink(missing_ok=True)
