@@ -11,9 +11,7 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ from typing import Callable, Iterator
 import pytest
 import redis
 from jsonschema import Draft202012Validator
+from support import ServiceProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "schemas" / "proof_report.schema.json").read_text())
@@ -34,48 +33,10 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 pytestmark = pytest.mark.timeout(120)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond: Callable[[], object], timeout: float, what: str, step: float = 0.02) -> object:
-    """Poll `cond` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def proof_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on a free loopback port, for this module only."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (make bootstrap installs it)")
-    port, workdir = free_port(), tmp_path_factory.mktemp("proof-redis")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(up, 10, "redis-server to answer PING")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+@pytest.fixture
+def proof_redis(redis_server) -> str:
+    """URL of the session's redis-server (tests/conftest.py); the `r` fixture below flushes it."""
+    return redis_server.url
 
 
 @pytest.fixture
@@ -210,7 +171,7 @@ def test_healthy_while_a_backlog_drains(proof_redis: str, r: redis.Redis, env: d
     drainer = Drainer(proof_redis, count=20, pause=0.05)
     drainer.start()
     try:
-        wait_until(lambda: drainer.done > 0, 10, "the drainer to start")
+        wait_until(lambda: drainer.done > 0, 10, what="the drainer to start")
         code, rep = proof_json(env, "--sample-sec", "0.5")
     finally:
         drainer.stop()
@@ -275,7 +236,7 @@ def test_json_matches_the_schema_in_every_situation(proof_redis: str, r: redis.R
     drainer = Drainer(proof_redis, count=10, pause=0.02, fail_every=3)
     drainer.start()
     try:
-        wait_until(lambda: drainer.done > 30, 10, "the drainer to consume")
+        wait_until(lambda: drainer.done > 30, 10, what="the drainer to consume")
         code, rep = proof_json(env, "--sample-sec", "0.3", "--cpu-pid", str(os.getpid()))
     finally:
         drainer.stop()
@@ -408,10 +369,10 @@ def test_watch_shows_a_real_backlog_draining_in_a_terminal(proof_redis: str, r: 
     reader.start()
     drainer = Drainer(proof_redis, count=25, pause=0.02)
     try:
-        wait_until(lambda: len(frames_of(b"".join(chunks))) >= 2, 15, "the first frames (full backlog)")
+        wait_until(lambda: len(frames_of(b"".join(chunks))) >= 2, 15, what="the first frames (full backlog)")
         drainer.start()
         wait_until(lambda: any("100.0%" in f and "drained" in f for f in frames_of(b"".join(chunks))), 60,
-                   "a frame showing the backlog drained")
+                   what="a frame showing the backlog drained")
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(10) == 0
     finally:
@@ -448,3 +409,43 @@ def test_watch_on_a_pipe_logs_one_line_per_tick_until_drained(proof_redis: str, 
     assert res.returncode == 0 and "\x1b[" not in res.stdout
     assert len(lines) >= 3 and all(" backlog " in x for x in lines)
     assert lines[-1].split(" backlog ")[1].startswith("0 (100.0% drained")
+
+
+# --- against the real service -------------------------------------------------------------------------------------
+
+
+def bridge(env: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "consumer.bridge", *args], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=120)
+
+
+def test_verdicts_follow_the_real_service(proof_redis: str, r: redis.Redis, env: dict[str, str]) -> None:
+    """Backlog drained by `python -m consumer` → HEALTHY; executor failing → UNHEALTHY; service killed → stalled."""
+    bridge(env, "--bulk", "20000", "--age-sec", "3600", "--prefix", "old")
+    bridge(env, "--bulk", "400", "--age-sec", "0", "--prefix", "new")
+    svc = ServiceProcess(proof_redis, XREADGROUP_COUNT="50").start()
+    try:
+        res = proof(env, "--watch", "--interval", "0.2", "--until-drained", timeout=90)
+        assert res.returncode == 0 and "(100.0% drained" in res.stdout.splitlines()[-1]
+        code, rep = proof_json(env, "--sample-sec", "0.5")
+        assert code == 0, rep["health"]
+        assert rep["counters"]["values"]["stale"] == 20000 and rep["result_stream"]["entries_added"] == 400
+    finally:
+        svc.stop()
+
+    bridge(env, "--bulk", "400", "--age-sec", "0", "--prefix", "bad")
+    svc = ServiceProcess(proof_redis, PAPER_FAIL_RATE="0.5").start()
+    try:
+        wait_until(lambda: r.xinfo_groups(INTENTS)[0]["lag"] == 0 and r.xpending(INTENTS, GROUP)["pending"] == 0,
+                   60, what="the failing batch to drain")
+        res = proof(env, "--once", "--sample-sec", "0.3")
+    finally:
+        svc.stop()
+    assert res.returncode == 1 and "error rate" in verdict(res) and "(window)" in verdict(res), res.stdout
+
+    bridge(env, "--bulk", "3000", "--age-sec", "0", "--prefix", "slow")
+    svc = ServiceProcess(proof_redis, PAPER_LATENCY_MS="20").start()
+    wait_until(lambda: int(r.hget(STATS, "executed") or 0) >= 820, 60, what="some slow intents executed")
+    svc.kill9()
+    res = proof(env, "backlog", "--sample-sec", "0.5")
+    assert res.returncode == 1 and "stalled" in verdict(res), res.stdout
