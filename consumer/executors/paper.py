@@ -13,9 +13,10 @@ import zlib
 
 import redis
 
-from .base import Executor, Order, Report
+from .base import Executor, Order, OutcomeUnknown, Report
 
 KEY_PREFIX = "quantum:paper:order:"
+DUPLICATES_KEY = "quantum:paper:duplicate_orders"  # client order ids the venue saw twice: must stay empty
 
 
 def injected_failure(client_order_id: str, fail_rate: float) -> bool:
@@ -42,9 +43,14 @@ class PaperExecutor(Executor):
                         venue_order_id=f"paper-{order.client_order_id}")
         key = KEY_PREFIX + order.client_order_id
         record = json.dumps(report.__dict__, separators=(",", ":"))
-        if not self._redis.set(key, record, nx=True, ex=self._ttl):
-            return self.lookup(order.client_order_id) or report  # the venue refuses a second order with this id
-        return report
+        try:
+            if self._redis.set(key, record, nx=True, ex=self._ttl):
+                return report
+            # A second order with a known client order id: a real venue refuses it; count it so tests can see it.
+            self._redis.hincrby(DUPLICATES_KEY, order.client_order_id, 1)
+            return self.lookup(order.client_order_id) or report
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise OutcomeUnknown(f"paper venue unreachable: {exc}") from exc
 
     def lookup(self, client_order_id: str) -> Report | None:
         raw = self._redis.get(KEY_PREFIX + client_order_id)
