@@ -91,6 +91,7 @@ class Service:
         self._stale_log = ThrottledLog(log, cfg.stale_log_interval_sec)
         self._rate_log = ThrottledLog(log, cfg.stale_log_interval_sec)
         self._redis_log = ThrottledLog(log, 10.0)
+        self._dead_log = ThrottledLog(log, cfg.stale_log_interval_sec)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -305,7 +306,9 @@ class Service:
         self._batch.counters["dead_lettered"] += 1
         if invalid:
             self._batch.counters["invalid"] += 1
-        log.warning("intent_dead_lettered entry_id=%s reason=%r", entry_id.decode(), reason[:200])
+        if self._dead_log.ready():  # the dead-letter stream keeps every reason; the log only points at it
+            self._dead_log.log("intent_dead_lettered entry_id=%s stream=%s reason=%r", entry_id.decode(),
+                               self.cfg.dlq_stream, reason[:200])
 
     # -- execution -------------------------------------------------------------------------------------------
 

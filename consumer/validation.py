@@ -85,8 +85,21 @@ class SchemaValidator:
         error = jsonschema.exceptions.best_match(self._reference.iter_errors(doc))
         if error is None:
             return "rejected by the compiled validator only"  # never seen; kept readable if it happens
-        where = "/".join(str(p) for p in error.absolute_path) or "(document)"
-        message = error.message if len(error.message) <= 300 else error.message[:297] + "..."
+        path = [str(p) for p in error.absolute_path]
+        message = error.message
+        if error.validator == "required" and isinstance(error.instance, dict):
+            missing = next((p for p in error.validator_value if p not in error.instance), None)
+            if missing is not None:
+                path, message = path + [missing], "is required" + (
+                    " for a LIMIT order" if missing == "price" else "")
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = set(error.schema.get("properties", {}))
+            extra = sorted(k for k in error.instance if k not in known)
+            if extra:
+                path, message = path + [extra[0]], "is not a known field (unknown fields are rejected)"
+        where = "/".join(path) or "(document)"
+        if len(message) > 300:
+            message = message[:297] + "..."
         return f"{where}: {message}"
 
     def check(self, doc: Any) -> None:
