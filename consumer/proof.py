@@ -11,6 +11,8 @@ The seed's monitoring commands, each one command (all accept --json):
     python -m consumer.proof rate           rate limiters: every quantum:rate:* key, count, TTL, next reset
     python -m consumer.proof stale-drops    STALE_INTENT_DROP lines of quantum-execution in the journal (last hour)
     python -m consumer.proof units          systemd state (and CPU over the sample window) of both units
+    python -m consumer.proof observe        sample over --window and decide healthy/unhealthy/hold (the ramp's gate;
+                                            exit 0/1/3, rules in consumer/proof_observe.py)
 
 Exit codes: 0 healthy, 1 unhealthy (reasons on the VERDICT line), 2 Redis unreachable (one line on stderr),
 64 usage error. Health rules: consumer/proof_health.py; error rate and progress: consumer/proof_report.py.
@@ -30,6 +32,7 @@ from typing import Any, Sequence
 
 from .proof_config import ProofSettings, UsageError
 from .proof_gather import RedisUnreachable, gather, open_redis
+from .proof_observe import Thresholds, exit_code, observe
 from .proof_render import SECTIONS, header, render
 from .proof_systemd import count_stale_lines, journal_stale_drops
 from .proof_watch import watch
@@ -37,7 +40,7 @@ from .proof_watch import watch
 log = logging.getLogger("consumer.proof")
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2, 64
-COMMANDS = ("stream", "backlog", "rate", "stale-drops", "units")
+COMMANDS = ("stream", "backlog", "rate", "stale-drops", "units", "observe")
 # Which checks decide a subcommand's exit code, and which report keys its --json carries.
 SECTION_CHECKS = {"stream": ("group", "progress"), "backlog": ("group", "progress"), "rate": (), "units": ("units",)}
 SECTION_KEYS = {
@@ -76,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default="-1h", help="stale-drops: journal window (journalctl --since), default -1h")
     p.add_argument("--unit", default="quantum-execution", help="stale-drops: unit whose journal is read")
     p.add_argument("--log-file", type=Path, help="stale-drops: count in this file instead of the journal")
+    o = p.add_argument_group("observe (the ramp's gate)")
+    o.add_argument("--window", type=float, default=30.0, help="observation window in seconds (default 30)")
+    o.add_argument("--warmup", type=float, default=0.0, help="seconds to wait before the first sample")
+    o.add_argument("--cpu-unit", default="quantum-execution", help="unit whose CPU is judged")
+    o.add_argument("--cpu-max", type=float, default=80.0, help="CPU limit, percent of one core (default 80)")
+    o.add_argument("--lag-growth-min", type=int, default=20, help="backlog growth that may count as increasing")
+    o.add_argument("--lag-slope-max", type=float, default=0.5, help="backlog slope (entries/s) that may count")
+    o.add_argument("--failure-limit", type=int, default=1, help="failing samples tolerated per rule (default 1)")
+    o.add_argument("--error-min-consumed", type=int, default=20, help="consumed entries needed to judge errors")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -147,6 +159,22 @@ def run_section(command: str, rep: dict[str, Any], as_json: bool) -> int:
     return EXIT_UNHEALTHY if failed else EXIT_OK
 
 
+def run_observe(settings: ProofSettings, args: argparse.Namespace) -> int:
+    """The ramp's gate: decision JSON (or its summary line); exit 0 healthy, 1 unhealthy, 3 hold."""
+    if args.window <= 0 or args.warmup < 0 or args.failure_limit < 0:
+        raise UsageError("--window must be > 0, --warmup and --failure-limit >= 0")
+    th = Thresholds(error_rate_max=settings.error_rate_max, error_min_consumed=args.error_min_consumed,
+                    cpu_max=args.cpu_max, lag_growth_min=args.lag_growth_min, lag_slope_max=args.lag_slope_max,
+                    failure_limit=args.failure_limit)
+    result = observe(settings, th, window=args.window, interval=args.interval, warmup=args.warmup,
+                     unit=args.cpu_unit, pid=args.cpu_pid[0] if args.cpu_pid else None)
+    if args.json:
+        print_json(result)
+    else:
+        print(result["summary"])
+    return exit_code(result)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else None
@@ -157,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "stale-drops":
             return run_stale_drops(args)
         settings = settings_from(args)
+        if command == "observe":
+            return run_observe(settings, args)
         if command == "rate":
             settings = dataclasses.replace(settings, sample_sec=0.0)
         r = open_redis(settings)
