@@ -23,6 +23,13 @@ def main() -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if cfg.metrics_port:
+        try:
+            service.metrics.start(cfg.metrics_port, cfg.metrics_addr)
+        except OSError as exc:
+            print(f"config error: METRICS_PORT={cfg.metrics_port} cannot be served on {cfg.metrics_addr} ({exc.strerror})",
+                  file=sys.stderr)
+            return 2
     log.info(cfg.banner())
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)

@@ -105,6 +105,8 @@ class Config:
     idem_prefix: str = "quantum:idem:"
     rate_prefix: str = "quantum:rate:orders:"
     stream_maxlen: int = 1_000_000
+    metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -140,6 +142,9 @@ class Config:
             paper_fail_rate=_float(e, "PAPER_FAIL_RATE", 0.0, 0.0, 1.0),
             schema_dir=Path(_str(e, "SCHEMA_DIR", str(DEFAULT_SCHEMA_DIR))),
             stream_maxlen=_int(e, "RESULT_STREAM_MAXLEN", 1_000_000, 1000, 1_000_000_000),
+            metrics_port=_int(e, "METRICS_PORT", 0, 0, 65535),
+            metrics_addr=_str(e, "METRICS_ADDR", "127.0.0.1", lambda s: all(c.isalnum() or c in ".:" for c in s),
+                              "an IP address to listen on"),
         )
         cfg.check()
         return cfg

@@ -23,6 +23,7 @@ from . import sdnotify
 from .config import Config
 from .executors import Executor, Order, OutcomeUnknown, Report, load_executor
 from .idempotency import Claim, ClaimRequest, IdempotencyStore
+from .metrics import Metrics
 from .ratelimit import FixedWindowLimiter
 from .stale import StalePolicy, ThrottledLog
 from .streams import Batch, Entry, StreamIO
@@ -83,6 +84,8 @@ class Service:
         self._ready: deque[Work] = deque()  # claimed, waiting for a rate-limit token
         self._futures: dict[Future, Work] = {}  # at the venue
         self._batch = Batch()  # outcomes not yet committed
+        self._latencies: list[float] = []  # executor call durations of the batch, for the metrics
+        self.metrics = Metrics(cfg.intent_stream, cfg.group, cfg.consumer)
         self._rate_wait_until = 0.0
         self._next_heartbeat = 0.0
         self._next_reclaim = 0.0
@@ -385,6 +388,7 @@ class Service:
         batch.results.append((self.idem.key(work.intent_id), payload, done))
         batch.acks.append(work.entry_id)
         batch.counters["executed"] += 1
+        self._latencies.append(outcome.finished - outcome.started)
         if report.status in FAILED_STATUSES:
             batch.counters["failed"] += 1
         if outcome.reconciled:
@@ -400,7 +404,9 @@ class Service:
         if self.cfg.pipeline_diag:
             log.info("pipeline_commit acked=%d results=%d dead=%d held=%d", len(batch.acks), len(batch.results),
                      len(batch.dead), self.held)
+        self.metrics.committed(batch.counters, self._latencies, self.held)
         self._batch = Batch()
+        self._latencies = []
 
     # -- crash recovery --------------------------------------------------------------------------------------
 

@@ -230,3 +230,36 @@ def test_consumer_name_reuse_replays_its_own_pending_entries(r, service_factory)
     wait_until(lambda: drained(r, 5), timeout=10)
     assert len(results(r)) == 5
 
+
+
+def test_prometheus_metrics_count_outcomes(r, service_factory):
+    import urllib.request
+
+    from support import free_port
+
+    for i in range(30):
+        xadd(r, intent(i))
+    xadd(r, b"{broken")
+    port = free_port()
+    service_factory(METRICS_PORT=port, PAPER_LATENCY_MS=1)
+    wait_until(lambda: drained(r, 31))
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict:
+        found = {}
+        for family in text_string_to_metric_families(scrape()):
+            for sample in family.samples:
+                assert sample.labels.get("stream", INTENTS) == INTENTS and sample.labels.get("group", GROUP) == GROUP
+                found[(sample.name, sample.labels.get("outcome"))] = sample.value
+        return found
+
+    got = wait_until(lambda: (m := samples()).get(("quantum_execution_intents_total", "executed")) == 30 and m,
+                     timeout=5, what="metrics to show 30 executed")
+    assert got[("quantum_execution_intents_total", "invalid")] == 1
+    assert got[("quantum_execution_latency_seconds_count", None)] == 30
+    assert ("quantum_execution_in_flight", None) in got
