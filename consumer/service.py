@@ -95,6 +95,8 @@ class Service:
         self._rate_log = ThrottledLog(log, cfg.stale_log_interval_sec)
         self._redis_log = ThrottledLog(log, 10.0)
         self._dead_log = ThrottledLog(log, cfg.stale_log_interval_sec)
+        self._reclaim_log = ThrottledLog(log, 10.0)
+        self._claim_cursor: bytes = b"0-0"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -183,8 +185,8 @@ class Service:
             self._heartbeat()
             self._next_heartbeat = now + self.cfg.claim_idle_ms / 3000
         if now >= self._next_reclaim:
-            self._reclaim()
-            self._next_reclaim = now + max(1.0, self.cfg.claim_idle_ms / 2000)
+            more = self._reclaim()
+            self._next_reclaim = now if more else now + max(1.0, self.cfg.claim_idle_ms / 2000)
         if now >= self._next_gc:
             self._gc_consumers()
             self._next_gc = now + 600
@@ -415,16 +417,24 @@ class Service:
         if ids:
             self.io.heartbeat(ids)
 
-    def _reclaim(self) -> None:
-        """Take over entries of consumers that died; an entry delivered too often becomes a dead letter."""
+    def _reclaim(self) -> bool:
+        """Take over entries of consumers that died; True while there may be more to take.
+
+        Reclaimed entries come before new ones (this runs before the read), and the scan goes on from its cursor on
+        the next tick, so a dead consumer's thousand pending entries are not left to trickle in every interval.
+        """
         room = self.cfg.max_in_flight - self.held
         if room <= 0:
-            return
-        _, entries = self.io.autoclaim(room)
+            return True
+        cursor, entries = self.io.autoclaim(room, self._claim_cursor)
+        self._claim_cursor = cursor if cursor not in (b"0-0", "0-0") else b"0-0"
         if entries:
-            log.warning("pending_reclaimed count=%d idle_over_ms=%d", len(entries), self.cfg.claim_idle_ms)
+            if self._reclaim_log.ready():
+                self._reclaim_log.log("pending_reclaimed count=%d idle_over_ms=%d", len(entries),
+                                      self.cfg.claim_idle_ms)
             self._batch.counters["reclaimed"] += len(entries)
             self._admit(entries, redelivered=True)
+        return bool(entries) or self._claim_cursor != b"0-0"
 
     def _gc_consumers(self) -> None:
         removed = self.io.delete_idle_consumers(max(3_600_000, self.cfg.claim_idle_ms * 10))

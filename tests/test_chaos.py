@@ -93,3 +93,16 @@ def test_redis_down_at_start_is_waited_for():
         assert svc.stop() == 0
     finally:
         server.cleanup()
+
+
+def test_a_dead_consumers_whole_backlog_is_reclaimed_promptly(r, service_factory):
+    from support import GROUP
+
+    r.xgroup_create(INTENTS, GROUP, id="0", mkstream=True)
+    for i in range(300):
+        xadd(r, intent(i))
+    r.xreadgroup(GROUP, "died-holding-300", {INTENTS: ">"}, count=300)
+    # a reclaim interval of 5 s: a trickle of COUNT entries per interval would need minutes
+    service_factory(CLAIM_IDLE_MS=10000, XREADGROUP_COUNT=10, EXEC_CONCURRENCY=2)
+    wait_until(lambda: drained(r, 300), timeout=30, what="all 300 reclaimed entries to be executed")
+    assert stats(r)["reclaimed"] == 300 and len(results(r)) == 300
