@@ -35,24 +35,29 @@ def proc_cpu_ns(pid: int) -> int | None:
     return ticks * 1_000_000_000 // _TICKS
 
 
+# Where a unit's cgroup directory may be: unified (v2), or the hybrid layout's v2 and name=systemd trees.
+CGROUP_TREES = ("", "unified", "systemd")
+
+
+def _cgroup_file(control_group: str, name: str, trees: tuple[str, ...] = CGROUP_TREES) -> str | None:
+    for tree in trees:
+        try:
+            return (CGROUP_ROOT / tree / control_group.lstrip("/") / name).read_text()
+        except OSError:
+            continue
+    return None
+
+
 def cgroup_pids(control_group: str | None) -> list[int]:
-    """Processes of a unit's cgroup (v2 layout), empty when the cgroup is not visible here."""
-    if not control_group:
-        return []
-    try:
-        text = (CGROUP_ROOT / control_group.lstrip("/") / "cgroup.procs").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split() if p.isdigit()]
+    """Processes of a unit's cgroup, empty when the cgroup is not visible here."""
+    text = _cgroup_file(control_group, "cgroup.procs") if control_group else None
+    return [int(p) for p in (text or "").split() if p.isdigit()]
 
 
 def cgroup_cpu_ns(control_group: str | None) -> int | None:
     """usage_usec of the unit's cgroup v2 cpu.stat in ns (counts exited children too)."""
-    if not control_group:
-        return None
-    try:
-        text = (CGROUP_ROOT / control_group.lstrip("/") / "cpu.stat").read_text()
-    except OSError:
+    text = _cgroup_file(control_group, "cpu.stat", ("", "unified")) if control_group else None
+    if text is None:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(" ")
