@@ -21,5 +21,13 @@ test-unit: bootstrap
 run: bootstrap
 	$(ACTIVATE) && python scripts/demo.py
 
+## Benchmark (bench/README.md): backlog drain and execution throughput against the raw Redis floor; writes
+## bench/results.json. The quick size is the CI smoke (well under 2 minutes); its results go to bench/out/.
+bench: bootstrap
+	$(ACTIVATE) && python bench/run.py
+
+bench-quick: bootstrap
+	$(ACTIVATE) && python bench/run.py --quick
+
 clean:
 	rm -rf $(VENV) .pytest_cache

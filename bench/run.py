@@ -1,0 +1,480 @@
+#!/usr/bin/env python3
+"""Benchmark: backlog drain and execution throughput of the service against the raw Redis floor, in one run.
+
+    python bench/run.py            # full size (make bench): 1.4M stale backlog, writes bench/results.json
+    python bench/run.py --quick    # CI smoke size (make bench-quick), well under 2 minutes
+
+One private redis-server (loopback, free port, no persistence) serves every measurement, so every ratio compares the
+service with a floor measured on the same machine, in the same minute:
+
+1. floor    a minimal redis-py + hiredis loop, XREADGROUP COUNT=c then XACK of what it got, at c = 10, 50, 500, over
+            the same stream entries the stale drain reads (best of several runs: the floor is the denominator, so its
+            best run makes every ratio conservative)
+2. stale    the bridge's bulk mode loads intents older than INTENT_MAX_AGE_SEC; the real service (`python -m consumer`
+            as a subprocess) drains them, at XREADGROUP_COUNT = 10, 50, 500 (one consumer group per run on the same
+            stream). Timed from READY=1 on $NOTIFY_SOCKET (the harness owns the socket) until the counters hash says
+            `stale` = N, so interpreter start-up is not counted
+3. fresh    N valid fresh intents through parse, validation, idempotency claim, rate limiter, paper execution at 0 ms,
+            result + ack commit; EXEC_CONCURRENCY 1 and 4, XREADGROUP_COUNT 50; divided by the floor at COUNT 50
+4. io       PAPER_LATENCY_MS=20, EXEC_CONCURRENCY C = 1, 2, 4, 8: achieved intents/s against the ideal C / L
+5. memory   peak RSS (VmHWM from /proc) of the service process of every run, read just before it is stopped
+
+Every run is also checked for correctness (all N counted, nothing pending, one result per executed intent, no dead
+letter), so a fast but wrong service cannot post a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import hiredis  # noqa: E402
+import redis  # noqa: E402
+
+from consumer.bridge import Publisher, bulk_load  # noqa: E402
+from consumer.config import Config  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+STATS = "quantum:stats:execution"
+INTENTS = "quantum:stream:trade.intent"
+RESULTS = "quantum:stream:execution.result"
+DLQ = "quantum:stream:trade.intent.dlq"
+MAX_AGE = 600  # INTENT_MAX_AGE_SEC of every service run
+STALE_AGE = 3600  # age of the stale backlog: well past the TTL
+LATENCY_MS = 20  # paper venue latency of the I/O-bound runs
+COUNTS = (10, 50, 500)
+TARGETS = {"stale": 0.6, "fresh": 0.3, "io": 0.9, "rss_mb": 150.0}
+
+SIZES: dict[str, dict[str, Any]] = {
+    # stale_n: backlog drained by the service at each COUNT; floor_n: entries per floor run (the floor's rate does not
+    # depend on the backlog's length, so a slice of it keeps the full run short); *_reps: runs per figure (best kept)
+    "full": dict(stale_n=1_400_000, floor_n=300_000, floor_reps=3, stale_reps=1, fresh_n=60_000, fresh_reps=3,
+                 io_sec=4.0, io_reps=2),
+    "quick": dict(stale_n=100_000, floor_n=60_000, floor_reps=3, stale_reps=3, fresh_n=6_000, fresh_reps=3,
+                  io_sec=1.0, io_reps=1),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its threads included), from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of a live process, in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, nothing written to disk."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="quantum-bench-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Service:
+    """``python -m consumer`` as a subprocess; READY=1 arrives on a datagram socket this harness owns."""
+
+    def __init__(self, url: str, workdir: Path, name: str, **env: Any) -> None:
+        self.sock_path = str(workdir / f"notify-{name}.sock")
+        self.log_path = workdir / f"service-{name}.log"
+        self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        self.env.update({"REDIS_URL": url, "INTENT_MAX_AGE_SEC": str(MAX_AGE), "CONSUMER_NAME": f"bench-{name}",
+                         "RATE_LIMIT_MAX": "10000000", "NOTIFY_SOCKET": self.sock_path, "PYTHONUNBUFFERED": "1"})
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+
+    def start(self) -> float:
+        """Start and wait for READY=1; returns the perf_counter time it arrived."""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.sock_path)
+        self.sock.settimeout(0.2)
+        self._log = open(self.log_path, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "consumer"], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                msg = self.sock.recv(4096)
+            except socket.timeout:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"service did not send READY=1; see {self.log_path}") from None
+                continue
+            if b"READY=1" in msg.split(b"\n"):
+                return time.perf_counter()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        if self.sock:
+            self.sock.close()
+            os.unlink(self.sock_path)
+        return code
+
+
+def wait_counter(r: redis.Redis, field: str, target: int, svc: Service, timeout: float) -> tuple[float, float]:
+    """Poll the counters hash until ``field`` reaches ``target``; returns (first move, reached) perf_counter times."""
+    first = None
+    deadline = time.perf_counter() + timeout
+    while True:
+        raw = r.hget(STATS, field)
+        now = time.perf_counter()
+        value = int(raw) if raw else 0
+        if value and first is None:
+            first = now
+        if value >= target:
+            return first or now, now
+        if svc.proc.poll() is not None:
+            raise RuntimeError(f"service exited with {svc.proc.returncode} at {field}={value}/{target}; "
+                               f"see {svc.log_path}")
+        if now > deadline:
+            raise RuntimeError(f"timed out at {field}={value}/{target} after {timeout:.0f}s; see {svc.log_path}")
+        time.sleep(0.002)
+
+
+def group_pending(r: redis.Redis, stream: str, group: str) -> tuple[int, int | None]:
+    for g in r.xinfo_groups(stream):
+        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        if name == group:
+            return int(g["pending"]), (int(g["lag"]) if g.get("lag") is not None else None)
+    raise RuntimeError(f"no group {group}")
+
+
+# -- 1. floor ---------------------------------------------------------------------------------------------------
+
+def floor_once(r: redis.Redis, stream: str, group: str, count: int, n: int) -> float:
+    """Entries/s of the plainest possible consumer: XREADGROUP COUNT=count, XACK what came back, repeat."""
+    r.xgroup_create(stream, group, id="0")
+    done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        reply = r.xreadgroup(group, "floor", {stream: ">"}, count=min(count, n - done))
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        if not entries:
+            break
+        r.xack(stream, group, *[eid for eid, _ in entries])
+        done += len(entries)
+    elapsed = time.perf_counter() - t0
+    r.xgroup_destroy(stream, group)
+    if done < n:
+        raise RuntimeError(f"floor read only {done} of {n} entries")
+    return n / elapsed
+
+
+# -- the service runs ---------------------------------------------------------------------------------------------
+
+def service_run(server: RedisServer, workdir: Path, name: str, *, field: str, n: int, timeout: float,
+                stream: str = INTENTS, group: str = "quantum-execution", **env: Any) -> dict[str, Any]:
+    """Start the service, time READY -> counter ``field`` = n, read its peak RSS and CPU, stop it."""
+    r = server.client()
+    r.delete(STATS)
+    svc = Service(server.url, workdir, name, INTENT_STREAM=stream, CONSUMER_GROUP=group, **env)
+    redis_cpu0 = cpu_seconds(server.proc.pid)
+    ready = svc.start()
+    svc_cpu0 = cpu_seconds(svc.proc.pid)
+    try:
+        first, done = wait_counter(r, field, n, svc, timeout)
+        rss = peak_rss_mb(svc.proc.pid)
+        svc_cpu = cpu_seconds(svc.proc.pid) - svc_cpu0
+        redis_cpu = cpu_seconds(server.proc.pid) - redis_cpu0
+    finally:
+        code = svc.stop()
+    if code != 0:
+        raise RuntimeError(f"service {name} exited with {code}; see {svc.log_path}")
+    stats = {k.decode(): int(v) for k, v in r.hgetall(STATS).items()}
+    pending, lag = group_pending(r, stream, group)
+    wall = done - ready
+    return {"n": n, "wall_sec": round(wall, 4), "rate": n / wall, "startup_sec": round(ready - svc.started, 3),
+            "first_counter_after_ready_sec": round(first - ready, 4), "peak_rss_mb": round(rss, 1),
+            "service_cpu_sec": round(svc_cpu, 3), "redis_cpu_sec": round(redis_cpu, 3), "counters": stats,
+            "pending_after": pending, "lag_after": lag}
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise RuntimeError(f"correctness check failed: {what}")
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda x: x["rate"])
+
+
+def fresh_batch(server: RedisServer, pub_stream: str, n: int, prefix: str) -> None:
+    r = server.client()
+    r.flushall()
+    pub = Publisher(r, pub_stream, SCHEMA, CFG.max_payload_bytes)
+    bulk_load(pub, n, 0, seed=hash(prefix) & 0xFFFF, prefix=prefix)
+
+
+def exec_run(server: RedisServer, workdir: Path, name: str, n: int, **env: Any) -> dict[str, Any]:
+    fresh_batch(server, INTENTS, n, name.replace("_", "-"))
+    run = service_run(server, workdir, name, field="executed", n=n, timeout=600, XREADGROUP_COUNT=50, **env)
+    r = server.client()
+    c = run["counters"]
+    check(c.get("executed") == n and c.get("consumed") == n, f"{name}: executed {c}")
+    check(r.xlen(RESULTS) == n, f"{name}: {r.xlen(RESULTS)} results for {n} intents")
+    check(not r.exists(DLQ), f"{name}: dead letters written")
+    check(run["pending_after"] == 0, f"{name}: {run['pending_after']} pending")
+    return run
+
+
+# -- the whole run --------------------------------------------------------------------------------------------------
+
+def versions(server: RedisServer) -> dict[str, Any]:
+    out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout
+    redis_v = next((p.split("=", 1)[1] for p in out.split() if p.startswith("v=")), out.strip())
+    import jsonschema_rs
+
+    return {"cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
+            "cpu_model": _cpu_model(), "python": platform.python_version(), "redis_server": redis_v,
+            "redis_py": redis.__version__, "hiredis": hiredis.__version__,
+            "jsonschema_rs": getattr(jsonschema_rs, "__version__", "?"), "platform": platform.platform()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
+    except OSError:
+        return "?"
+
+
+def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
+    p = SIZES[size]
+    started = time.time()
+    server = RedisServer().start()
+    figures: dict[str, dict[str, Any]] = {}
+    try:
+        machine = versions(server)
+        r = server.client()
+
+        # the stale backlog, loaded once: the floor groups and the service groups all read this same stream
+        t0 = time.perf_counter()
+        pub = Publisher(r, INTENTS, SCHEMA, CFG.max_payload_bytes)
+        bulk_load(pub, p["stale_n"], STALE_AGE, seed=1, prefix="stale")
+        log(f"loaded {p['stale_n']} stale intents (age {STALE_AGE}s) in {time.perf_counter() - t0:.1f}s "
+            f"(redis used_memory {r.info('memory')['used_memory_human']})")
+
+        # 1. floor
+        for count in COUNTS:
+            rates = [floor_once(r, INTENTS, f"bench-floor-{count}-{i}", count, p["floor_n"])
+                     for i in range(p["floor_reps"])]
+            figures[f"floor_count_{count}"] = {
+                "kind": "floor", "unit": "entries/s", "value": round(max(rates)), "count": count, "n": p["floor_n"],
+                "runs": [round(x) for x in rates], "kept": f"best of {len(rates)}"}
+            log(f"floor COUNT={count}: {max(rates):,.0f}/s (runs {', '.join(f'{x:,.0f}' for x in rates)})")
+
+        # 2. stale drain
+        for count in COUNTS:
+            runs = []
+            for i in range(p["stale_reps"]):
+                group = f"bench-stale-{count}-{i}"
+                run_ = service_run(server, workdir, f"stale_c{count}_{i}", field="stale", n=p["stale_n"],
+                                   timeout=900, group=group, XREADGROUP_COUNT=count)
+                c = run_["counters"]
+                check(c.get("stale") == p["stale_n"] and c.get("consumed") == p["stale_n"]
+                      and not c.get("executed"), f"stale COUNT={count}: counters {c}")
+                check(run_["pending_after"] == 0, f"stale COUNT={count}: {run_['pending_after']} pending")
+                r.xgroup_destroy(INTENTS, group)
+                runs.append(run_)
+                log(f"stale COUNT={count} run {i}: {run_['rate']:,.0f}/s wall {run_['wall_sec']:.2f}s "
+                    f"rss {run_['peak_rss_mb']} MB")
+            b = best(runs)
+            fl = figures[f"floor_count_{count}"]
+            figures[f"stale_drain_count_{count}"] = {
+                "kind": "stale", "unit": "intents/s", "value": round(b["rate"]), "count": count, "n": p["stale_n"],
+                "wall_sec": b["wall_sec"], "floor": f"floor_count_{count}", "floor_value": fl["value"],
+                "ratio": round(b["rate"] / fl["value"], 3), "target": TARGETS["stale"] if count == 50 else None,
+                "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"]) for x in runs],
+                "kept": f"best of {len(runs)}", "detail": b}
+        r.flushall()
+
+        # 3. fresh path
+        fl50 = figures["floor_count_50"]
+        for conc in (1, 4):
+            runs = []
+            for i in range(p["fresh_reps"]):
+                run_ = exec_run(server, workdir, f"fresh_c{conc}_{i}", p["fresh_n"], EXEC_CONCURRENCY=conc,
+                                PAPER_LATENCY_MS=0)
+                runs.append(run_)
+                log(f"fresh EXEC_CONCURRENCY={conc} run {i}: {run_['rate']:,.0f}/s rss {run_['peak_rss_mb']} MB "
+                    f"cpu service {run_['service_cpu_sec']}s redis {run_['redis_cpu_sec']}s")
+            b = best(runs)
+            figures[f"fresh_exec_c{conc}"] = {
+                "kind": "fresh", "unit": "intents/s", "value": round(b["rate"]), "exec_concurrency": conc, "count": 50,
+                "n": p["fresh_n"], "wall_sec": b["wall_sec"], "floor": "floor_count_50", "floor_value": fl50["value"],
+                "ratio": round(b["rate"] / fl50["value"], 3), "target": TARGETS["fresh"],
+                "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"]) for x in runs],
+                "kept": f"best of {len(runs)}", "detail": b}
+
+        # 4. I/O-bound
+        for conc in (1, 2, 4, 8):
+            ideal = conc * 1000 / LATENCY_MS
+            n = int(ideal * p["io_sec"])
+            runs = []
+            for i in range(p["io_reps"]):
+                run_ = exec_run(server, workdir, f"io_c{conc}_{i}", n, EXEC_CONCURRENCY=conc,
+                                PAPER_LATENCY_MS=LATENCY_MS)
+                runs.append(run_)
+                log(f"io EXEC_CONCURRENCY={conc} run {i}: {run_['rate']:,.1f}/s of ideal {ideal:.0f}/s")
+            b = best(runs)
+            figures[f"io_latency{LATENCY_MS}ms_c{conc}"] = {
+                "kind": "io", "unit": "intents/s", "value": round(b["rate"], 1), "exec_concurrency": conc,
+                "latency_ms": LATENCY_MS, "count": 50, "n": n, "wall_sec": b["wall_sec"], "floor": "ideal C/L",
+                "floor_value": ideal, "ratio": round(b["rate"] / ideal, 3), "target": TARGETS["io"],
+                "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"], 1) for x in runs],
+                "kept": f"best of {len(runs)}", "detail": b}
+    finally:
+        server.stop()
+
+    rss_max = max(f["peak_rss_mb"] for f in figures.values() if "peak_rss_mb" in f)
+    figures["peak_rss_max"] = {"kind": "memory", "unit": "MiB", "value": rss_max, "target": TARGETS["rss_mb"],
+                               "while": f"draining {SIZES[size]['stale_n']} stale intents and every other run"}
+    for f in figures.values():
+        if f.get("target") is None:
+            f["met"] = None
+        elif f["kind"] == "memory":
+            f["met"] = f["value"] < f["target"]
+        else:
+            f["met"] = f["ratio"] >= f["target"]
+    result = {
+        "schema": 1, "size": size, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_sec": round(time.time() - started, 1), "machine": machine,
+        "params": {**p, "intent_max_age_sec": MAX_AGE, "stale_age_sec": STALE_AGE, "counts": list(COUNTS),
+                   "timing": "from READY=1 on NOTIFY_SOCKET to the counter reaching N (start-up excluded)"},
+        "targets": TARGETS, "all_targets_met": all(f["met"] is not False for f in figures.values()),
+        "figures": figures,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"bench size={result['size']}  cpus={m['cpu_count']}  python {m['python']}  redis-server {m['redis_server']}"
+             f"  redis-py {m['redis_py']}  hiredis {m['hiredis']}  ({result['duration_sec']}s)",
+             f"{'figure':<26}{'value':>14}  {'unit':<10}{'divided by':<18}{'ratio':>7}{'target':>8}  "
+             f"{'ok':<4}{'rss MB':>7}"]
+    for name, f in result["figures"].items():
+        ratio = f"{f['ratio']:.2f}" if "ratio" in f else ""
+        target = "" if f.get("target") is None else (f"<{f['target']:.0f}" if f["kind"] == "memory"
+                                                       else f"{f['target']:.2f}")
+        ok = {True: "yes", False: "NO", None: ""}[f.get("met")]
+        value = f"{f['value']:,.1f}" if isinstance(f["value"], float) else f"{f['value']:,}"
+        lines.append(f"{name:<26}{value:>14}  {f['unit']:<10}{f.get('floor', ''):<18}{ratio:>7}{target:>8}  "
+                     f"{ok:<4}{f.get('peak_rss_mb', ''):>7}")
+    lines.append("all targets met" if result["all_targets_met"] else "SOME TARGETS MISSED")
+    return "\n".join(lines)
+
+
+CFG = Config()
+SCHEMA = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    global SCHEMA
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI smoke size (well under 2 minutes)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json, "
+                    "bench/out/results-quick.json with --quick)")
+    args = ap.parse_args(argv)
+    size = "quick" if args.quick else "full"
+    out = args.out or (ROOT / "bench" / ("results.json" if size == "full" else "out/results-quick.json"))
+    from consumer.validation import SchemaValidator, load_schema
+
+    SCHEMA = SchemaValidator(load_schema(CFG.schema_dir / "trade_intent.schema.json"))
+    workdir = Path(tempfile.mkdtemp(prefix="quantum-bench-"))
+    keep = False
+    try:
+        result = run(size, out, workdir)
+    except Exception:
+        keep = True
+        log(f"failed; service logs kept in {workdir}")
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(result))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

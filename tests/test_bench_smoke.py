@@ -1,0 +1,58 @@
+"""Smoke test of the benchmark harness: the quick size runs end to end and writes a well-formed results file.
+
+No timing assertions: the figures depend on the machine. What must hold is that every figure is measured, named,
+divided by the floor it names, and that the machine and versions are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FLOORS = [f"floor_count_{c}" for c in (10, 50, 500)]
+RATIOS = ([f"stale_drain_count_{c}" for c in (10, 50, 500)] + ["fresh_exec_c1", "fresh_exec_c4"]
+          + [f"io_latency20ms_c{c}" for c in (1, 2, 4, 8)])
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_writes_every_figure(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "figure" in proc.stdout  # the table was printed
+
+    result = json.loads(out.read_text())
+    assert result["size"] == "quick"
+    machine = result["machine"]
+    assert isinstance(machine["cpu_count"], int) and machine["cpu_count"] >= 1
+    for key in ("python", "redis_server", "redis_py", "hiredis"):
+        assert isinstance(machine[key], str) and machine[key], key
+
+    figures = result["figures"]
+    assert set(FLOORS + RATIOS + ["peak_rss_max"]) <= set(figures)
+    for name in FLOORS:
+        assert _number(figures[name]["value"]) and figures[name]["value"] > 0, name
+    for name in RATIOS:
+        f = figures[name]
+        assert _number(f["value"]) and f["value"] > 0, name
+        assert _number(f["floor_value"]) and f["floor_value"] > 0, name
+        if f["floor"] in figures:  # divided by a measured floor of the same run
+            assert f["floor_value"] == figures[f["floor"]]["value"], name
+        assert f["ratio"] == pytest.approx(f["value"] / f["floor_value"], rel=1e-2, abs=1e-3), name
+        assert _number(f["peak_rss_mb"]) and f["peak_rss_mb"] > 0, name
+        assert f["met"] in (True, False, None), name
+    assert _number(figures["peak_rss_max"]["value"])
+    assert isinstance(result["all_targets_met"], bool)
