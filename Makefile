@@ -17,6 +17,22 @@ test: bootstrap
 test-unit: bootstrap
 	$(ACTIVATE) && python -m pytest -q tests -m "not lab"
 
+## Lint the deployment code: yamllint and ansible-lint (production profile) over ansible/, inventory/, molecule/.
+lint: bootstrap
+	$(ACTIVATE) && yamllint -s . && ansible-lint --profile production
+
+## The local lab host (ansible/lab.yml): built if absent (root filesystem cached), reused if running,
+## recovered if half torn down. lab-down removes every trace of it.
+lab-up: bootstrap
+	$(ACTIVATE) && cd ansible && ansible-playbook lab.yml
+
+lab-down: bootstrap
+	$(ACTIVATE) && cd ansible && ansible-playbook lab_destroy.yml
+
+## Deploy to the local lab: lab up, ansible/deploy.yml, then what was deployed and the proof (ansible/status.yml).
+deploy: lab-up
+	$(ACTIVATE) && cd ansible && ansible-playbook deploy.yml && ansible-playbook status.yml
+
 ## Local demo without the lab: a private redis-server, demo intents from the bridge, the service, the outcome.
 run: bootstrap
 	$(ACTIVATE) && python scripts/demo.py
