@@ -61,6 +61,7 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=int, default=0)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--cpu-only", action="store_true", help="leave out idle samples (waits on sockets and locks)")
     args = ap.parse_args()
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if not py_spy:
@@ -82,14 +83,19 @@ def main() -> int:
         svc = bench.Service(server.url, workdir, "prof", XREADGROUP_COUNT=args.count,
                             EXEC_CONCURRENCY=args.concurrency, PAPER_LATENCY_MS=args.latency_ms)
         svc.start()
-        spy = subprocess.Popen([py_spy, "record", "--pid", str(svc.proc.pid), "--rate", str(args.rate), "--idle",
-                                "--threads", "--format", "raw", "--output", str(stacks), "--nonblocking"],
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(svc.proc.pid), "--rate", str(args.rate),
+                                *([] if args.cpu_only else ["--idle"]), "--threads", "--format", "raw", "--output", str(stacks), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # py-spy attaches
         field = "stale" if args.kind == "stale" else "executed"
         t0 = time.perf_counter()
+        cpu0 = open(f"/proc/{svc.proc.pid}/stat").read().rsplit(")", 1)[1].split()[11:13]
         _, done = bench.wait_counter(r, field, args.n, svc, 600)
-        print(f"{args.n} {args.kind} in {done - t0:.2f}s: {args.n / (done - t0):,.0f}/s (under py-spy)")
+        cpu1 = open(f"/proc/{svc.proc.pid}/stat").read().rsplit(")", 1)[1].split()[11:13]
+        tck = bench.os.sysconf("SC_CLK_TCK")
+        user, system = ((int(b) - int(a)) / tck for a, b in zip(cpu0, cpu1))
+        print(f"{args.n} {args.kind} in {done - t0:.2f}s: {args.n / (done - t0):,.0f}/s (under py-spy); service "
+              f"cpu user {user:.2f}s system {system:.2f}s = {1e6 * (user + system) / args.n:.1f} us per intent")
         spy.send_signal(2)
         spy.wait(30)
         svc.stop()

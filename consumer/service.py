@@ -25,7 +25,7 @@ from .executors import Executor, Order, OutcomeUnknown, Report, load_executor
 from .idempotency import Claim, ClaimRequest, IdempotencyStore
 from .metrics import Metrics
 from .ratelimit import FixedWindowLimiter
-from .stale import StalePolicy, ThrottledLog
+from .stale import StalePolicy, ThrottledLog, entry_ms
 from .streams import Batch, Entry, StreamIO
 from .validation import IntentValidator, InvalidIntent, parse_payload, parse_timestamp
 
@@ -36,7 +36,7 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLo
 FAILED_STATUSES = frozenset({"REJECTED", "FAILED"})
 
 
-@dataclass
+@dataclass(slots=True)
 class Work:
     """A valid, fresh, claimed intent on its way to the venue."""
 
@@ -54,7 +54,7 @@ class Work:
         return ClaimRequest(self.intent_id, self.entry_id.decode())
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     report: Report
     started: float
@@ -62,8 +62,18 @@ class Outcome:
     reconciled: bool
 
 
+_ISO_LAST: list = [None, ""]  # (millisecond, text) of the last call: a batch's results share their timestamps
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds a new encoder per call
+
+
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = int(epoch * 1000)
+    last = _ISO_LAST
+    if last[0] != ms:
+        text = datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        last[1] = text.replace("+00:00", "Z")
+        last[0] = ms
+    return last[1]
 
 
 class Service:
@@ -82,7 +92,8 @@ class Service:
         self.pool = ThreadPoolExecutor(max_workers=cfg.exec_concurrency, thread_name_prefix="exec")
         self._stopping = threading.Event()
         self._ready: deque[Work] = deque()  # claimed, waiting for a rate-limit token
-        self._futures: dict[Future, Work] = {}  # at the venue
+        self._futures: dict[Future, list[Work]] = {}  # at the venue, one pool task per chunk
+        self._running = 0  # intents in those chunks
         self._batch = Batch()  # outcomes not yet committed
         self._latencies: list[float] = []  # executor call durations of the batch, for the metrics
         self.metrics = Metrics(cfg.intent_stream, cfg.group, cfg.consumer)
@@ -106,7 +117,7 @@ class Service:
 
     @property
     def held(self) -> int:
-        return len(self._ready) + len(self._futures)
+        return len(self._ready) + self._running
 
     def run(self) -> int:
         self._until_redis(self.io.ensure_group)
@@ -154,10 +165,11 @@ class Service:
         deadline = time.monotonic() + self.cfg.shutdown_timeout_sec
         unsent = list(self._ready)
         self._ready.clear()
-        for fut, work in list(self._futures.items()):
+        for fut, chunk in list(self._futures.items()):
             if fut.cancel():
-                unsent.append(work)
+                unsent.extend(chunk)
                 del self._futures[fut]
+                self._running -= len(chunk)
         while (self._futures or self._batch) and time.monotonic() < deadline:
             self._collect(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             try:
@@ -171,7 +183,7 @@ class Service:
             released = 0  # the claims stay; redelivery reconciles them with the venue
         clean = not self._futures and not self._batch
         log.info("service_stopped clean=%s unsent_released=%d still_running=%d uncommitted=%d", clean, released,
-                 len(self._futures), len(self._batch.acks))
+                 self._running, len(self._batch.acks))
         self.pool.shutdown(wait=clean, cancel_futures=True)
         self.executor.close()
         return 0 if clean else 1
@@ -240,10 +252,12 @@ class Service:
         now_ms = int(now * 1000)
         deliveries: dict[bytes, int] = {}
         if redelivered:
-            held = {w.entry_id for w in self._ready} | {w.entry_id for w in self._futures.values()}
+            held = {w.entry_id for w in self._ready} | {w.entry_id for c in self._futures.values() for w in c}
             entries = [(e, f) for e, f in entries if e not in held]  # already ours and in flight
             deliveries = self.io.delivery_counts([e for e, _ in entries])
         batch = self._batch
+        if not redelivered and entries and self._all_stale(entries, now_ms):
+            return
         candidates: list[Work] = []
         stale = invalid = 0
         for entry_id, fields in entries:
@@ -291,9 +305,32 @@ class Service:
             log.info("pipeline_batch read=%d stale=%d invalid=%d duplicate=%d claimed=%d redelivered=%s held=%d",
                      len(entries), stale, invalid, duplicates, len(candidates) - duplicates, redelivered, self.held)
 
+    def _all_stale(self, entries: list[Entry], now_ms: int) -> bool:
+        """The backlog fast path: a batch whose newest entry id is past the TTL is stale as a whole.
+
+        Entry ids only grow within a stream and an intent is never younger than its entry, so one id decides for the
+        batch: acked in the next commit and counted, without a look at any payload or a per-entry step.
+        """
+        age = self.stale.entry_age_if_stale(entries[-1][0], now_ms)
+        if age is None or any(fields is None for _, fields in entries):
+            return False
+        batch = self._batch
+        batch.acks.extend([entry_id for entry_id, _ in entries])
+        batch.counters["stale"] += len(entries)
+        first_id, first_fields = entries[0]
+        self._drop_stale_log(first_fields, (now_ms - entry_ms(first_id)) / 1000.0)
+        self._stale_log.suppress(len(entries) - 1)
+        if self.cfg.pipeline_diag:
+            log.info("pipeline_batch read=%d stale=%d invalid=0 duplicate=0 claimed=0 redelivered=False held=%d",
+                     len(entries), len(entries), self.held)
+        return True
+
     def _drop_stale(self, entry_id: bytes, fields: dict[bytes, bytes], age: float, doc: dict | None = None) -> None:
         self._batch.acks.append(entry_id)
         self._batch.counters["stale"] += 1
+        self._drop_stale_log(fields, age, doc)
+
+    def _drop_stale_log(self, fields: dict[bytes, bytes], age: float, doc: dict | None = None) -> None:
         if not self._stale_log.ready():
             return
         if doc is None:  # only the line that is printed pays for reading the payload
@@ -322,14 +359,47 @@ class Service:
         if not self._ready or time.time() < self._rate_wait_until:
             return
         granted, next_window = self.limiter.acquire(len(self._ready))
-        for _ in range(granted):
-            work = self._ready.popleft()
-            self._futures[self.pool.submit(self._execute, work)] = work
+        # One pool task per chunk, not per intent: a hand-off costs more than a paper fill. About two chunks per
+        # worker keep every worker busy (and a slow venue still sees EXEC_CONCURRENCY orders at once).
+        size = -(-granted // (2 * self.cfg.exec_concurrency))
+        while granted > 0:
+            n = min(size, granted)
+            chunk = [self._ready.popleft() for _ in range(n)]
+            self._futures[self.pool.submit(self._execute_chunk, chunk)] = chunk
+            self._running += n
+            granted -= n
         if self._ready:
             self._rate_wait_until = next_window
             if self._rate_log.ready():
                 self._rate_log.log("rate_limited waiting=%d limit=%d window_sec=%d resume_at=%s", len(self._ready),
                                    self.limiter.limit, self.limiter.window_sec, _iso(next_window))
+
+    def _execute_chunk(self, chunk: list[Work]) -> list[Outcome | Exception]:
+        """Runs on a worker thread: each intent's outcome, or the exception that leaves it pending (OutcomeUnknown).
+
+        An executor with ``submit_many`` (the paper venue) gets the chunk's orders in one call; any other executor, a
+        chunk of one, or an intent to reconcile goes order by order through ``_execute`` as before.
+        """
+        submit_many = getattr(self.executor, "submit_many", None)
+        if submit_many is None or len(chunk) == 1 or any(w.reconcile for w in chunk):
+            return [self._execute_or_exception(w) for w in chunk]
+        started = time.time()
+        try:
+            reports = submit_many([Order.from_intent(w.intent) for w in chunk])
+        except OutcomeUnknown as exc:
+            return [exc] * len(chunk)
+        except Exception as exc:  # noqa: BLE001 - any other failure means no order was sent
+            failed = Report(status="FAILED", error=f"{type(exc).__name__}: {exc}"[:300])
+            finished = time.time()
+            return [Outcome(failed, started, finished, False) for _ in chunk]
+        finished = time.time()
+        return [Outcome(r, started, finished, False) for r in reports]
+
+    def _execute_or_exception(self, work: Work) -> Outcome | Exception:
+        try:
+            return self._execute(work)
+        except Exception as exc:  # noqa: BLE001 - OutcomeUnknown or a failing lookup: reported by _collect
+            return exc
 
     def _execute(self, work: Work) -> Outcome:
         """Runs on a worker thread: the only place that talks to the venue."""
@@ -352,14 +422,18 @@ class Service:
             return
         done, _ = wait(self._futures, timeout=timeout, return_when=FIRST_COMPLETED)
         for fut in done:
-            work = self._futures.pop(fut)
+            chunk = self._futures.pop(fut)
+            self._running -= len(chunk)
             try:
-                outcome = fut.result()
-            except Exception as exc:  # noqa: BLE001 - OutcomeUnknown or a failing lookup: leave it pending
-                log.error("execution_outcome_unknown intent_id=%s entry_id=%s error=%r action=reconcile_later",
-                          work.intent_id, work.entry_id.decode(), str(exc)[:200])
-                continue
-            self._record(work, outcome)
+                outcomes = fut.result()
+            except Exception as exc:  # noqa: BLE001 - never expected: _execute_chunk returns exceptions
+                outcomes = [exc] * len(chunk)
+            for work, outcome in zip(chunk, outcomes):
+                if isinstance(outcome, Exception):  # OutcomeUnknown or a failing lookup: leave it pending
+                    log.error("execution_outcome_unknown intent_id=%s entry_id=%s error=%r action=reconcile_later",
+                              work.intent_id, work.entry_id.decode(), str(outcome)[:200])
+                    continue
+                self._record(work, outcome)
 
     def _record(self, work: Work, outcome: Outcome) -> None:
         report = outcome.report
@@ -384,8 +458,8 @@ class Service:
             "reconciled": outcome.reconciled,
             "error": report.error,
         }
-        payload = json.dumps(result, separators=(",", ":")).encode()
-        done = self.idem.done_value(work.entry_id.decode(), report.status)
+        payload = _JSON.encode(result).encode()
+        done = self.idem.done_value(result["source_entry_id"], report.status)
         batch = self._batch
         batch.results.append((self.idem.key(work.intent_id), payload, done))
         batch.acks.append(work.entry_id)
@@ -413,7 +487,7 @@ class Service:
     # -- crash recovery --------------------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        ids = [w.entry_id for w in self._ready] + [w.entry_id for w in self._futures.values()]
+        ids = [w.entry_id for w in self._ready] + [w.entry_id for c in self._futures.values() for w in c]
         if ids:
             self.io.heartbeat(ids)
 
