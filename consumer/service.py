@@ -191,7 +191,6 @@ class Service:
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        self._commit()
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._heartbeat()
@@ -205,13 +204,15 @@ class Service:
         self._dispatch()
         room = self.cfg.max_in_flight - self.held
         if room > 0 and (self.held == 0 or room >= max(1, self.cfg.xreadgroup_count // 2)):
-            entries = self.io.read(min(self.cfg.xreadgroup_count, room), None if self.held else self.cfg.block_ms)
+            # The outcomes gathered so far are committed in the same round trip as this read (commit first).
+            entries = self._commit_and_read(min(self.cfg.xreadgroup_count, room),
+                                            None if self.held else self.cfg.block_ms)
             if entries:
                 self._admit(entries)
                 self._dispatch()
                 self._collect(timeout=0)
-                self._commit()
                 return
+        self._commit()
         self._wait_for_progress()
         self._commit()
 
@@ -477,6 +478,19 @@ class Service:
             return
         batch.counters["consumed"] = len(batch.acks)
         self.io.commit(batch)  # raises on a Redis outage; the same batch (same token) is retried next tick
+        self._committed(batch)
+
+    def _commit_and_read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """``_commit()`` and then a read, in one round trip; the batch is committed before anything is read."""
+        batch = self._batch
+        if not batch:
+            return self.io.read(count, block_ms)
+        batch.counters["consumed"] = len(batch.acks)
+        entries = self.io.commit_and_read(batch, count, block_ms)  # raises like _commit; the batch is kept
+        self._committed(batch)
+        return entries
+
+    def _committed(self, batch: Batch) -> None:
         if self.cfg.pipeline_diag:
             log.info("pipeline_commit acked=%d results=%d dead=%d held=%d", len(batch.acks), len(batch.results),
                      len(batch.dead), self.held)

@@ -124,6 +124,33 @@ class StreamIO:
         """
         if not batch:
             return 0
+        keys, args = self._commit_call(batch)
+        return int(self._commit(keys=keys, args=args))
+
+    def commit_and_read(self, batch: Batch, count: int, block_ms: int | None) -> list[Entry]:
+        """``commit(batch)`` then ``read(count, block_ms)`` in one round trip (a pipeline, not a transaction).
+
+        Redis runs the commit script before the read, so every outcome of the batch is written and acked before new
+        entries are taken, exactly as with two calls; only the wait for the first reply is saved. A lost reply
+        raises like ``commit`` does and the same batch (same token) is committed again later, which changes nothing
+        if it had been applied; entries the lost read had delivered stay pending and are reclaimed.
+        """
+        if not batch:
+            return self.read(count, block_ms)
+        keys, args = self._commit_call(batch)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+        pipe.xreadgroup(self.cfg.group, self.cfg.consumer, {self.cfg.intent_stream: ">"}, count=count, block=block_ms)
+        committed, reply = pipe.execute(raise_on_error=False)
+        if isinstance(committed, redis.exceptions.NoScriptError):  # script cache flushed (Redis restarted)
+            self.commit(batch)  # loads the script; the token makes a second application impossible
+        elif isinstance(committed, Exception):
+            raise committed
+        if isinstance(reply, Exception):
+            raise reply
+        return _entries(reply)
+
+    def _commit_call(self, batch: Batch) -> tuple[list[Any], list[Any]]:
         if batch.token is None:
             self._seq += 1
             batch.token = f"quantum:commit:{self.cfg.consumer}:{self._nonce}:{self._seq}"
@@ -140,7 +167,7 @@ class StreamIO:
         args += batch.acks
         for name, n in batch.counters.items():
             args += (name, n)
-        return int(self._commit(keys=keys, args=args))
+        return keys, args
 
     def delete_idle_consumers(self, idle_ms: int) -> list[str]:
         """Remove consumers of earlier processes that hold nothing: keeps the group's consumer list readable."""
