@@ -19,7 +19,7 @@ sum=$(sha256sum "$tmp" | cut -d' ' -f1)
 tarball="$build/tree-$sum.tar"
 mv "$tmp" "$tarball"
 # Only the newest few trees are worth keeping on the control node.
-ls -1t "$build"/tree-*.tar | tail -n +6 | xargs -r rm -f
+ls -1t "$build"/tree-*.tar | tail -n +21 | xargs -r rm -f
 
 # The wheelhouse is resolved by PYTHON, which should be the hosts' interpreter version (Debian 12: 3.11.2):
 # environment markers such as python_full_version < "3.11.3" are evaluated for the Python that runs pip download.
@@ -39,7 +39,11 @@ if [ ! -f "$wheelhouse/.complete" ]; then
     -r requirements.txt -d "$wheelhouse" >&2
   touch "$wheelhouse/.complete"
 fi
-commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git -C "$src" status --porcelain -- "$@" 2>/dev/null | head -c1 | wc -c)
+commit=unknown dirty=0
+if commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null); then
+  dirty=$( (git -C "$src" status --porcelain -- "$@" 2>/dev/null || true) | head -c1 | wc -c)
+else
+  commit=unknown
+fi
 printf '{"checksum": "%s", "tarball": "%s", "wheelhouse": "%s", "requirements_checksum": "%s", "python": "%s", "commit": "%s", "dirty": %s}\n' \
   "$sum" "$tarball" "$wheelhouse" "$req_sum" "$pyver" "$commit" "$([ "$dirty" -gt 0 ] && echo true || echo false)"

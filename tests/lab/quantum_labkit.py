@@ -1,0 +1,161 @@
+"""Helpers for the lab tests: a private lab host per test module, ansible-playbook against it, commands on it.
+
+Each test module gets its own lab host (its own network namespace, veth and /30) and a private inventory whose
+group_vars are the lab's own (inventory/lab/group_vars), so that the tests exercise exactly what `make deploy` uses
+without ever touching the operator's lab host (qlab1) or another test's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "ansible"
+LAB_KEY = Path("/var/lib/quantum-lab/ssh/id_ed25519")
+LAB_HOSTS = Path("/var/lib/quantum-lab/hosts")
+STATUS_SCRIPT = ANSIBLE / "roles" / "quantum_lab" / "files" / "lab_status.sh"
+ENV_FILE = "/etc/quantum/ai-engine.env"
+UNITS = ("quantum-ai-engine", "quantum-execution")
+SHIPPED = ("consumer", "schemas", "requirements.txt", "tests")
+
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T], timeout: float, interval: float = 0.5, what: str = "condition") -> T:
+    """Poll until probe() returns something truthy; return it, or fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last: T = probe()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+        last = probe()
+    return last
+
+
+def recap(output: str, host: str) -> dict[str, int]:
+    """The PLAY RECAP counters of one host (ok, changed, unreachable, failed, skipped, rescued, ignored)."""
+    m = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", output, re.M)
+    assert m, f"no PLAY RECAP line for {host} in:\n{output[-3000:]}"
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+class LabHost:
+    """One lab host of the tests: its inventory, playbooks against it, and commands on it over SSH."""
+
+    def __init__(self, workdir: Path, name: str, ip: str, gateway: str):
+        self.name, self.ip, self.gateway = name, ip, gateway
+        self.workdir = workdir
+        self.src = workdir / "src"
+        self.inventory = workdir / "inventory"
+        self.snapshot_tree()
+        self.write_inventory()
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+
+    def snapshot_tree(self) -> None:
+        """Deploy a private copy of the tree, so that the tests can change code and edits elsewhere cannot."""
+        if self.src.exists():
+            shutil.rmtree(self.src)
+        self.src.mkdir(parents=True)
+        for p in SHIPPED:
+            s = ROOT / p
+            if s.is_dir():
+                shutil.copytree(s, self.src / p, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+            else:
+                shutil.copy2(s, self.src / p)
+
+    def write_inventory(self) -> None:
+        self.inventory.mkdir(parents=True, exist_ok=True)
+        link = self.inventory / "group_vars"
+        if not link.exists():
+            link.symlink_to(ROOT / "inventory" / "lab" / "group_vars")
+        one = {self.name: None}
+        inv = {"all": {"children": {
+            "quantum_lab": {"hosts": {self.name: {"ansible_host": self.ip, "quantum_lab_gateway_ip": self.gateway}}},
+            "quantum": {
+                "children": {"quantum_ai_engine": {"hosts": one}, "quantum_execution": {"hosts": one},
+                             "quantum_redis": {"hosts": one}},
+                "vars": {"quantum_release_src": str(self.src), "quantum_preflight_repo": str(self.src)},
+            },
+        }}}
+        (self.inventory / "hosts.yml").write_text(json.dumps(inv, indent=1))  # JSON is YAML
+
+    # -- control node ------------------------------------------------------------------------------------------
+
+    def playbook(self, name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+        return subprocess.run(["ansible-playbook", "-i", str(self.inventory), name, *args], cwd=ANSIBLE, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def up(self) -> subprocess.CompletedProcess[str]:
+        res = self.playbook("lab.yml")
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+        return res
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        return self.playbook("lab_destroy.yml")
+
+    def traces(self) -> dict:
+        """Every trace of this lab host on the control node (lab_status.sh of the lab role)."""
+        out = subprocess.run(["bash", str(STATUS_SCRIPT), self.name, self.name, f"vq-{self.name}"[:15],
+                              str(LAB_HOSTS / self.name)], capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    # -- on the host -------------------------------------------------------------------------------------------
+
+    def sh(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            ["ssh", "-i", str(LAB_KEY), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={LAB_HOSTS / self.name / 'known_hosts'}",
+             "-o", "ConnectTimeout=5", f"root@{self.ip}", command],
+            capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert res.returncode == 0, f"{command!r} on {self.name}: rc={res.returncode}\n{res.stdout}\n{res.stderr}"
+        return res
+
+    def out(self, command: str) -> str:
+        return self.sh(command).stdout.strip()
+
+    def current(self) -> str:
+        """The live release id, read from the `current` link."""
+        return os.path.basename(self.out("readlink /opt/quantum/current"))
+
+    def releases(self) -> list[str]:
+        return sorted(self.out("ls -1 /opt/quantum/releases").split())
+
+    def unit(self, unit: str, *props: str) -> dict[str, str]:
+        args = " ".join(f"-p {p}" for p in props)
+        lines = self.out(f"systemctl show {args} {unit}").splitlines()
+        return dict(line.split("=", 1) for line in lines)
+
+    def fingerprint(self) -> dict[str, str]:
+        """What a deploy may change on the host: settings, drop-ins, releases, link, and the units' invocations."""
+        return {
+            "env": self.sh(f"sha256sum {ENV_FILE} 2>/dev/null || echo absent", check=False).stdout.strip(),
+            "dropins": self.sh("cat /etc/systemd/system/quantum-*.service.d/p0d5-env.conf 2>/dev/null | sha256sum",
+                               check=False).stdout.strip(),
+            "current": self.sh("readlink /opt/quantum/current || echo none", check=False).stdout.strip(),
+            "releases": self.sh("ls -1 /opt/quantum/releases 2>/dev/null", check=False).stdout.strip(),
+            "invocations": self.sh("systemctl show -p InvocationID --value " + " ".join(UNITS), check=False).stdout.strip(),
+        }
+
+    def config_line(self) -> str:
+        inv = self.unit("quantum-execution", "InvocationID")["InvocationID"]
+        return self.sh(f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={inv} --grep 'P0.D.5 Config:'",
+                       check=False).stdout.strip()
+
+    def result_count(self) -> int:
+        return int(self.out("redis-cli XLEN quantum:stream:execution.result"))
+
+    def change_code(self, marker: str) -> None:
+        """A code change the release checksum must notice."""
+        with (self.src / "consumer" / "__init__.py").open("a") as fh:
+            fh.write(f"\n# deploy test change: {marker}\n")

@@ -1,0 +1,108 @@
+"""The lab playbooks: build (cached root filesystem), reuse when running, recover from a half-torn-down lab, and a
+tear-down that leaves no process, network namespace, veth, mount or directory behind.
+
+Runs on its own lab host (qlt1, 10.213.62.0/30).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantum_labkit import LabHost, recap, wait_until  # noqa: E402
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
+NAME, IP, GATEWAY = "qlt1", "10.213.62.2", "10.213.62.1"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    host = LabHost(tmp_path_factory.mktemp("lablife"), NAME, IP, GATEWAY)
+    host.down()  # whatever an earlier, interrupted run left
+    yield host
+    host.down()
+
+
+def nothing_left(lab: LabHost) -> None:
+    t = lab.traces()
+    assert t["nspawn_pid"] is None and not t["netns"] and not t["link"] and not t["mounts"] and not t["dir"], t
+    assert NAME not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert subprocess.run(["ip", "link", "show", f"vq-{NAME}"], capture_output=True).returncode != 0
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert f"/hosts/{NAME}/" not in mounts and f"netns/{NAME}" not in mounts
+    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"--machine={NAME}" not in procs
+
+
+def test_build_boots_a_systemd_host_reachable_over_ssh(lab: LabHost) -> None:
+    started = time.monotonic()
+    res = lab.up()
+    took = time.monotonic() - started
+    print(f"lab build took {took:.1f}s")
+    assert f"Lab host {NAME} is running at {IP}" in res.stdout
+    assert lab.out("systemctl is-system-running") == "running"
+    assert lab.out("readlink /proc/1/exe") == "/usr/lib/systemd/systemd"  # systemd is PID 1
+    assert lab.out("systemctl is-active redis-server ssh") == "active\nactive"
+    assert lab.out("systemctl is-enabled redis-server") == "enabled"
+    assert lab.out("hostname") == NAME
+    assert lab.out("python3 -c 'import ensurepip, venv; print(1)'") == "1"
+    # No route out: the host can reach the control node's end of its /30 and nothing else.
+    assert lab.out("ip route").strip() == f"10.213.62.0/30 dev eth0 proto kernel scope link src {IP}"
+    t = lab.traces()
+    assert t["nspawn_pid"] and t["netns"] and t["link"] and t["rootfs"], t
+
+
+def test_second_run_reuses_the_running_host_and_changes_nothing(lab: LabHost) -> None:
+    boot_id = lab.out("cat /proc/sys/kernel/random/boot_id; systemctl show -p ActiveEnterTimestampMonotonic --value init.scope")
+    pid = lab.traces()["nspawn_pid"]
+    started = time.monotonic()
+    res = lab.up()
+    assert time.monotonic() - started < 30
+    assert f"Lab host {NAME} is running (systemd-nspawn pid {pid}): reusing it" in res.stdout
+    assert recap(res.stdout, NAME)["changed"] == 0
+    assert lab.traces()["nspawn_pid"] == pid
+    assert lab.out("cat /proc/sys/kernel/random/boot_id; systemctl show -p ActiveEnterTimestampMonotonic --value init.scope") == boot_id
+
+
+def test_half_torn_down_lab_is_recovered(lab: LabHost) -> None:
+    """systemd-nspawn killed hard: the namespace, the veth and the container's processes stay behind."""
+    pid = lab.traces()["nspawn_pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: lab.traces()["nspawn_pid"] is None, 20, what="nspawn gone")
+    t = lab.traces()
+    assert t["netns"] and t["link"] and t["dir"], f"expected leftovers to recover from: {t}"
+    res = lab.up()
+    assert "half-torn-down" in res.stdout or "left traces" in res.stdout
+    new = lab.traces()
+    assert new["nspawn_pid"] and new["nspawn_pid"] != pid
+    assert lab.out("systemctl is-system-running") == "running"
+
+
+def test_teardown_leaves_nothing_behind_and_is_repeatable(lab: LabHost) -> None:
+    res = lab.down()
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"Lab host {NAME} is gone" in res.stdout
+    nothing_left(lab)
+    again = lab.down()
+    assert again.returncode == 0 and recap(again.stdout, NAME)["changed"] == 0
+    nothing_left(lab)
+
+
+def test_leftover_namespace_without_processes_is_cleared_on_build(lab: LabHost) -> None:
+    """A namespace and veth that outlived everything else (e.g. a crashed tear-down) do not block a new build."""
+    subprocess.run(["ip", "netns", "add", NAME], check=True)
+    subprocess.run(["ip", "link", "add", f"vq-{NAME}", "type", "veth", "peer", "name", "eth0", "netns", NAME], check=True)
+    started = time.monotonic()
+    res = lab.up()
+    print(f"cached lab build took {time.monotonic() - started:.1f}s")
+    assert "left traces" in res.stdout
+    assert lab.out("systemctl is-system-running") == "running"
+    assert lab.down().returncode == 0
+    nothing_left(lab)
