@@ -34,6 +34,7 @@ log = logging.getLogger("quantum.execution")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
               redis.exceptions.ReadOnlyError)
 FAILED_STATUSES = frozenset({"REJECTED", "FAILED"})
+FAST_VENUE_SEC = 0.0005  # below this venue time per order, chunks are not spread over the workers
 
 
 @dataclass(slots=True)
@@ -62,17 +63,17 @@ class Outcome:
     reconciled: bool
 
 
-_ISO_LAST: list = [None, ""]  # (millisecond, text) of the last call: a batch's results share their timestamps
+_ISO_LAST: tuple[int, str] = (-1, "")  # the last (millisecond, text): a batch's results share their timestamps
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds a new encoder per call
 
 
 def _iso(epoch: float) -> str:
+    global _ISO_LAST
     ms = int(epoch * 1000)
-    last = _ISO_LAST
+    last = _ISO_LAST  # one tuple, replaced whole: never a text from one call with the millisecond of another
     if last[0] != ms:
         text = datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
-        last[1] = text.replace("+00:00", "Z")
-        last[0] = ms
+        last = _ISO_LAST = (ms, text.replace("+00:00", "Z"))
     return last[1]
 
 
@@ -94,6 +95,7 @@ class Service:
         self._ready: deque[Work] = deque()  # claimed, waiting for a rate-limit token
         self._futures: dict[Future, list[Work]] = {}  # at the venue, one pool task per chunk
         self._running = 0  # intents in those chunks
+        self._venue_sec = 1.0  # venue time per order, smoothed; assumed slow until measured
         self._batch = Batch()  # outcomes not yet committed
         self._latencies: list[float] = []  # executor call durations of the batch, for the metrics
         self.metrics = Metrics(cfg.intent_stream, cfg.group, cfg.consumer)
@@ -361,8 +363,11 @@ class Service:
             return
         granted, next_window = self.limiter.acquire(len(self._ready))
         # One pool task per chunk, not per intent: a hand-off costs more than a paper fill. About two chunks per
-        # worker keep every worker busy (and a slow venue still sees EXEC_CONCURRENCY orders at once).
-        size = -(-granted // (2 * self.cfg.exec_concurrency))
+        # worker keep every worker busy, so a slow venue always sees EXEC_CONCURRENCY orders at once. A venue that
+        # answers in microseconds gains nothing from parallel workers (the GIL serialises the Python around each
+        # order), so it gets two bigger chunks: fewer round trips and hand-offs.
+        workers = self.cfg.exec_concurrency if self._venue_sec >= FAST_VENUE_SEC else 1
+        size = -(-granted // (2 * workers))
         while granted > 0:
             n = min(size, granted)
             chunk = [self._ready.popleft() for _ in range(n)]
@@ -429,6 +434,10 @@ class Service:
                 outcomes = fut.result()
             except Exception as exc:  # noqa: BLE001 - never expected: _execute_chunk returns exceptions
                 outcomes = [exc] * len(chunk)
+            timed = [o for o in outcomes if isinstance(o, Outcome)]
+            if timed:
+                per_order = (max(o.finished for o in timed) - min(o.started for o in timed)) / len(timed)
+                self._venue_sec += 0.2 * (per_order - self._venue_sec)
             for work, outcome in zip(chunk, outcomes):
                 if isinstance(outcome, Exception):  # OutcomeUnknown or a failing lookup: leave it pending
                     log.error("execution_outcome_unknown intent_id=%s entry_id=%s error=%r action=reconcile_later",
