@@ -171,6 +171,8 @@ def judge(points: list[dict[str, Any]], th: Thresholds) -> dict[str, Any]:
     readable_n = sum(1 for p in points if p.get("t") is not None)
     errors = sorted({p["error"] for p in points if p.get("error")})
     summary = "; ".join(r["detail"] for r in rules.values())
+    if readable_n == 0:
+        summary = "no sample could be read" + (f": {errors[0]}" if errors else "")
     return {
         "decision": decision,
         "fired": fired,
