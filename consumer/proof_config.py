@@ -110,4 +110,5 @@ class ProofSettings:
             error_rate_max=_env_float(e, "PROOF_ERROR_RATE_MAX", cls.error_rate_max, 0.0, 1.0),
             error_min_sample=int(_env_float(e, "PROOF_ERROR_MIN_SAMPLE", cls.error_min_sample, 1, 1e9)),
             state_dir=default_state_dir(e),
+            units=tuple(u.strip() for u in s("PROOF_UNITS", ",".join(UNITS)).split(",") if u.strip()),
         )

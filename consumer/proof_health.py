@@ -3,7 +3,8 @@
 Rules (each is one check in the report; any failed check makes the verdict UNHEALTHY, exit 1):
 
 1. group      — the intent stream exists and carries the consumer group (the service creates it at start).
-2. units      — where systemd is present: both units loaded and ActiveState=active.
+2. units      — where systemd is present: every unit installed on this host is loaded and ActiveState=active
+                (a unit that is not installed here, e.g. the AI engine on its own host, is a note; none at all fails).
 3. progress   — nothing to do (lag 0 and pending 0), or the pipeline moved in the sample window (see
                 proof_report: reads, consumed, pending shrinking or results). Work waiting with no movement is a
                 stall. With no window to judge (--sample-sec 0 and no previous snapshot) progress is unknown,
@@ -39,7 +40,10 @@ def check_units(report: dict[str, Any]) -> dict[str, Any]:
     if not sd["present"]:
         return _check("units", None, "systemd: not present")
     bad = []
-    for name, u in sd["units"].items():
+    installed = {n: u for n, u in sd["units"].items() if u.get("load_state") != "not-found"}
+    if not installed:
+        return _check("units", False, "none of " + ", ".join(sd["units"]) + " is installed on this host")
+    for name, u in installed.items():
         if u.get("error"):
             bad.append(f"{name}: {u['error']}")
         elif u.get("load_state") != "loaded":
@@ -48,7 +52,7 @@ def check_units(report: dict[str, Any]) -> dict[str, Any]:
             bad.append(f"{name} {u.get('active_state')}/{u.get('sub_state')}")
     if bad:
         return _check("units", False, "unit not active: " + ", ".join(bad))
-    return _check("units", True, "all units active")
+    return _check("units", True, "active: " + ", ".join(installed))
 
 
 def check_progress(report: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +98,9 @@ def notes(report: dict[str, Any]) -> list[str]:
     mv = report["movement"]
     if mv and (mv.get("dlq_added") or 0) > 0:
         out.append(f"{mv['dlq_added']} dead letters added in the last {mv['window_sec']}s")
+    for name, u in report["systemd"]["units"].items():
+        if u.get("load_state") == "not-found":
+            out.append(f"unit {name} is not installed on this host (runs elsewhere?)")
     for k in report["rate_limiters"]["keys"]:
         if k["no_expiry"]:
             out.append(f"rate limiter {k['key']} has no TTL (its window never resets)")
