@@ -364,10 +364,12 @@ class Service:
         granted, next_window = self.limiter.acquire(len(self._ready))
         # One pool task per chunk, not per intent: a hand-off costs more than a paper fill. About two chunks per
         # worker keep every worker busy, so a slow venue always sees EXEC_CONCURRENCY orders at once. A venue that
-        # answers in microseconds gains nothing from parallel workers (the GIL serialises the Python around each
-        # order), so it gets two bigger chunks: fewer round trips and hand-offs.
-        workers = self.cfg.exec_concurrency if self._venue_sec >= FAST_VENUE_SEC else 1
-        size = -(-granted // (2 * workers))
+        # answers in microseconds gains nothing from parallel workers or from overlapping chunks (the GIL
+        # serialises the Python around each order, and every extra hand-off is a GIL transfer), so it gets one.
+        if self._venue_sec >= FAST_VENUE_SEC:
+            size = -(-granted // (2 * self.cfg.exec_concurrency))
+        else:
+            size = granted
         while granted > 0:
             n = min(size, granted)
             chunk = [self._ready.popleft() for _ in range(n)]
