@@ -59,9 +59,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m consumer.proof", description=__doc__.split("\n\n")[0],
-                epilog="commands: " + ", ".join(COMMANDS) + " (see the module docstring / docs/proof.md)",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m consumer.proof", usage="%(prog)s [COMMAND] [options]  (commands and exit codes below)",
+                description=__doc__, epilog="More: docs/proof.md", formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="full report, human layout (default)")
     mode.add_argument("--watch", action="store_true", help="live drain view until Ctrl-C")
