@@ -63,18 +63,19 @@ class Outcome:
     reconciled: bool
 
 
-_ISO_LAST: tuple[int, str] = (-1, "")  # the last (millisecond, text): a batch's results share their timestamps
+_ISO_CACHE: dict[int, str] = {}  # millisecond -> text: a batch's results share their few distinct timestamps
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds a new encoder per call
 
 
 def _iso(epoch: float) -> str:
-    global _ISO_LAST
     ms = int(epoch * 1000)
-    last = _ISO_LAST  # one tuple, replaced whole: never a text from one call with the millisecond of another
-    if last[0] != ms:
+    text = _ISO_CACHE.get(ms)
+    if text is None:
+        if len(_ISO_CACHE) >= 256:
+            _ISO_CACHE.clear()
         text = datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
-        last = _ISO_LAST = (ms, text.replace("+00:00", "Z"))
-    return last[1]
+        text = _ISO_CACHE[ms] = text.replace("+00:00", "Z")
+    return text
 
 
 class Service:
