@@ -84,7 +84,8 @@ def main() -> int:
                             EXEC_CONCURRENCY=args.concurrency, PAPER_LATENCY_MS=args.latency_ms)
         svc.start()
         spy = subprocess.Popen([py_spy, "record", "--pid", str(svc.proc.pid), "--rate", str(args.rate),
-                                *([] if args.cpu_only else ["--idle"]), "--threads", "--format", "raw", "--output", str(stacks), "--nonblocking"],
+                                *([] if args.cpu_only else ["--idle"]), "--threads", "--format", "raw",
+                                "--output", str(stacks), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # py-spy attaches
         field = "stale" if args.kind == "stale" else "executed"

@@ -63,9 +63,9 @@ TARGETS = {"stale": 0.6, "fresh": 0.3, "io": 0.9, "rss_mb": 150.0}
 SIZES: dict[str, dict[str, Any]] = {
     # stale_n: backlog drained by the service at each COUNT; floor_n: entries per floor run (the floor's rate does not
     # depend on the backlog's length, so a slice of it keeps the full run short); *_reps: runs per figure (best kept)
-    "full": dict(stale_n=1_400_000, floor_n=300_000, floor_reps=3, stale_reps=1, fresh_n=60_000, fresh_reps=3,
+    "full": dict(stale_n=1_400_000, floor_n=300_000, floor_reps=5, stale_reps=1, fresh_n=60_000, fresh_reps=3,
                  io_sec=4.0, io_reps=2),
-    "quick": dict(stale_n=100_000, floor_n=60_000, floor_reps=3, stale_reps=3, fresh_n=6_000, fresh_reps=3,
+    "quick": dict(stale_n=100_000, floor_n=60_000, floor_reps=5, stale_reps=3, fresh_n=6_000, fresh_reps=3,
                   io_sec=1.0, io_reps=1),
 }
 
@@ -260,7 +260,10 @@ def service_run(server: RedisServer, workdir: Path, name: str, *, field: str, n:
     wall = done - ready
     return {"n": n, "wall_sec": round(wall, 4), "rate": n / wall, "startup_sec": round(ready - svc.started, 3),
             "first_counter_after_ready_sec": round(first - ready, 4), "peak_rss_mb": round(rss, 1),
-            "service_cpu_sec": round(svc_cpu, 3), "redis_cpu_sec": round(redis_cpu, 3), "counters": stats,
+            "service_cpu_sec": round(svc_cpu, 3), "redis_cpu_sec": round(redis_cpu, 3),
+            "service_cpu_us_per_intent": round(1e6 * svc_cpu / n, 2),
+            "redis_cpu_us_per_intent": round(1e6 * redis_cpu / n, 2),
+            "counters": stats,
             "pending_after": pending, "lag_after": lag}
 
 
@@ -271,6 +274,12 @@ def check(cond: bool, what: str) -> None:
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return max(runs, key=lambda x: x["rate"])
+
+
+def cpu_fields(b: dict[str, Any]) -> dict[str, Any]:
+    """CPU per intent of the kept run: the service process (all threads) and redis-server, in microseconds."""
+    return {"service_cpu_us_per_intent": b["service_cpu_us_per_intent"],
+            "redis_cpu_us_per_intent": b["redis_cpu_us_per_intent"]}
 
 
 def fresh_batch(server: RedisServer, pub_stream: str, n: int, prefix: str) -> None:
@@ -360,7 +369,7 @@ def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
                 "wall_sec": b["wall_sec"], "floor": f"floor_count_{count}", "floor_value": fl["value"],
                 "ratio": round(b["rate"] / fl["value"], 3), "target": TARGETS["stale"] if count == 50 else None,
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"]) for x in runs],
-                "kept": f"best of {len(runs)}", "detail": b}
+                "kept": f"best of {len(runs)}", **cpu_fields(b), "detail": b}
         r.flushall()
 
         # 3. fresh path
@@ -379,7 +388,7 @@ def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
                 "n": p["fresh_n"], "wall_sec": b["wall_sec"], "floor": "floor_count_50", "floor_value": fl50["value"],
                 "ratio": round(b["rate"] / fl50["value"], 3), "target": TARGETS["fresh"],
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"]) for x in runs],
-                "kept": f"best of {len(runs)}", "detail": b}
+                "kept": f"best of {len(runs)}", **cpu_fields(b), "detail": b}
 
         # 4. I/O-bound
         for conc in (1, 2, 4, 8):
@@ -397,7 +406,7 @@ def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
                 "latency_ms": LATENCY_MS, "count": 50, "n": n, "wall_sec": b["wall_sec"], "floor": "ideal C/L",
                 "floor_value": ideal, "ratio": round(b["rate"] / ideal, 3), "target": TARGETS["io"],
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"], 1) for x in runs],
-                "kept": f"best of {len(runs)}", "detail": b}
+                "kept": f"best of {len(runs)}", **cpu_fields(b), "detail": b}
     finally:
         server.stop()
 
@@ -428,10 +437,11 @@ def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     m = result["machine"]
-    lines = [f"bench size={result['size']}  cpus={m['cpu_count']}  python {m['python']}  redis-server {m['redis_server']}"
-             f"  redis-py {m['redis_py']}  hiredis {m['hiredis']}  ({result['duration_sec']}s)",
+    lines = [f"bench size={result['size']}  cpus={m['cpu_count']}  python {m['python']}  "
+             f"redis-server {m['redis_server']}  redis-py {m['redis_py']}  hiredis {m['hiredis']}  "
+             f"({result['duration_sec']}s)",
              f"{'figure':<26}{'value':>14}  {'unit':<10}{'divided by':<18}{'ratio':>7}{'target':>8}  "
-             f"{'ok':<4}{'rss MB':>7}"]
+             f"{'ok':<4}{'rss MB':>7}{'svc us/i':>10}{'redis us/i':>11}"]
     for name, f in result["figures"].items():
         ratio = f"{f['ratio']:.2f}" if "ratio" in f else ""
         target = "" if f.get("target") is None else (f"<{f['target']:.0f}" if f["kind"] == "memory"
@@ -439,7 +449,8 @@ def table(result: dict[str, Any]) -> str:
         ok = {True: "yes", False: "NO", None: ""}[f.get("met")]
         value = f"{f['value']:,.1f}" if isinstance(f["value"], float) else f"{f['value']:,}"
         lines.append(f"{name:<26}{value:>14}  {f['unit']:<10}{f.get('floor', ''):<18}{ratio:>7}{target:>8}  "
-                     f"{ok:<4}{f.get('peak_rss_mb', ''):>7}")
+                     f"{ok:<4}{f.get('peak_rss_mb', ''):>7}{f.get('service_cpu_us_per_intent', ''):>10}"
+                     f"{f.get('redis_cpu_us_per_intent', ''):>11}")
     lines.append("all targets met" if result["all_targets_met"] else "SOME TARGETS MISSED")
     return "\n".join(lines)
 
