@@ -162,6 +162,16 @@ def test_walks_from_phase_1_to_5_with_live_traffic(lab: RampLab) -> None:
     assert res.returncode == 0 and "Phase 5 is already applied" in out(res) and lab.invocation() == running
 
 
+def test_deploy_keeps_the_ramped_values(lab: RampLab) -> None:
+    """deploy.yml reads the state file the ramp wrote: a redeploy does not silently undo the ramp."""
+    assert lab.state()["phase"] == 5
+    res = lab.playbook("deploy.yml")
+    assert res.returncode == 0, out(res)[-3000:]
+    assert "ramp phase 5" in out(res).lower() or "Ramp phase 5" in out(res)
+    env = lab.env_values()
+    assert (env["XREADGROUP_COUNT"], env["EXEC_CONCURRENCY"]) == ("50", "4")
+
+
 def test_steps_down_freely_but_up_one_phase_at_a_time_and_dry_run_changes_nothing(lab: RampLab) -> None:
     res = lab.ramp("-e", "phase=2")  # less load: no gate needed
     assert res.returncode == 0 and "PHASE 2 APPLIED AND HEALTHY" in out(res)
