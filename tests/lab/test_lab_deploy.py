@@ -254,7 +254,7 @@ def test_redis_credentials_never_appear_in_play_output_journal_or_proof(lab: Lab
         ok(res)
         assert secret not in res.stdout + res.stderr
         # --diff would show the settings file's new REDIS_URL line; the task is no_log, so no diff is printed.
-        assert "REDIS_URL" not in res.stdout
+        assert "REDIS_URL=" not in res.stdout
         assert "TASK [quantum_env : Write the service settings]" in res.stdout
         assert lab.out(f"grep -c {secret} {ENV_FILE}") == "1"  # in the 0640 file, and only there
         assert lab.out(f"stat -c '%U:%G %a' {ENV_FILE}") == "root:quantum 640"
