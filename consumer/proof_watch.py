@@ -71,7 +71,11 @@ class DrainTracker:
         read = rate(lambda s: s.group.get("entries_read"))
         inflow = rate(lambda s: s.intents.get("entries_added"))
         results = rate(lambda s: s.results.get("entries_added"))
-        net = None if span <= 0 or backlog is None or first.backlog is None else (first.backlog - backlog) / span
+        # Net drain from the oldest sample that knew the backlog (the group may appear after the watch started).
+        known = [x for x in self.samples if x.backlog is not None]
+        base = known[0] if known else None
+        net = (None if backlog is None or base is None or last.t - base.t <= 0
+               else (base.backlog - backlog) / (last.t - base.t))
         d_con = last.counters["values"]["consumed"] - first.counters["values"]["consumed"]
         d_err = sum(last.counters["values"][k] - first.counters["values"][k] for k in ERROR_COUNTERS)
         if backlog == 0:
@@ -115,7 +119,9 @@ def frame_lines(v: dict[str, Any], s: ProofSettings, units: dict[str, Any], widt
     err = f"{d_err / d_con * 100:.2f}% ({n(d_err)}/{n(d_con)} in {dur(v['span'])})" if d_con > 0 else "n/a (idle)"
     lines.append(f"results  length {n(v['results_length'])}  {_rate_text(v['results_per_sec'])}   errors {err}   "
                  f"dlq {n(v['dlq_length'])}")
-    lines.append("counters " + "  ".join(f"{k} {n(x)}" for k, x in v["counters"].items()))
+    shown = {k: x for k, x in v["counters"].items() if x or k in ("consumed", "executed", "failed")}
+    lines.append("counters " + "  ".join(f"{k} {n(x)}" for k, x in shown.items())
+                 + ("  (others 0)" if len(shown) < len(v["counters"]) else ""))
     if units.get("present"):
         lines.append("units    " + " · ".join(f"{k} {u.get('active_state')}/{u.get('sub_state')}"
                                               for k, u in units["units"].items()))
@@ -163,7 +169,9 @@ def watch(settings: ProofSettings, r: redis.Redis, *, interval: float = 1.0, rat
                 text = f"Redis unreachable at {redact_url(settings.redis_url)}: {exc} (retrying)"
                 lines = [text]
             if tty:
-                out.write(HOME + "".join(line + CLEAR_EOL + "\n" for line in lines) + CLEAR_EOS)
+                # A wrapped line would shift every later frame: cut each line to the terminal width.
+                cols = max(20, shutil.get_terminal_size().columns - 1)
+                out.write(HOME + "".join(line[:cols] + CLEAR_EOL + "\n" for line in lines) + CLEAR_EOS)
             else:
                 out.write(text + "\n")
             out.flush()
