@@ -34,7 +34,7 @@ log = logging.getLogger("quantum.execution")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
               redis.exceptions.ReadOnlyError)
 FAILED_STATUSES = frozenset({"REJECTED", "FAILED"})
-FAST_VENUE_SEC = 0.0005  # below this venue time per order, chunks are not spread over the workers
+FAST_VENUE_SEC = 0.0005  # venue time per order below which granted intents go to the pool as one chunk
 
 
 @dataclass(slots=True)
@@ -363,14 +363,11 @@ class Service:
         if not self._ready or time.time() < self._rate_wait_until:
             return
         granted, next_window = self.limiter.acquire(len(self._ready))
-        # One pool task per chunk, not per intent: a hand-off costs more than a paper fill. About two chunks per
-        # worker keep every worker busy, so a slow venue always sees EXEC_CONCURRENCY orders at once. A venue that
-        # answers in microseconds gains nothing from parallel workers or from overlapping chunks (the GIL
-        # serialises the Python around each order, and every extra hand-off is a GIL transfer), so it gets one.
-        if self._venue_sec >= FAST_VENUE_SEC:
-            size = -(-granted // (2 * self.cfg.exec_concurrency))
-        else:
-            size = granted
+        # A venue that takes milliseconds per order gets one pool task per intent: the pool's queue feeds every
+        # worker the moment it is free, so EXEC_CONCURRENCY orders are always at the venue. A venue that answers in
+        # microseconds gains nothing from parallel workers (the GIL serialises the Python around each order) and
+        # pays more for a hand-off than for a fill, so it gets everything granted as one chunk.
+        size = 1 if self._venue_sec >= FAST_VENUE_SEC else granted
         while granted > 0:
             n = min(size, granted)
             chunk = [self._ready.popleft() for _ in range(n)]
