@@ -264,6 +264,10 @@ class Service:
             return
         candidates: list[Work] = []
         stale = invalid = 0
+        # New entries come in id order: when the oldest is not stale by its id, none is, and the per-entry id
+        # check is skipped (the intent's own timestamp is still checked below).
+        check_ids = redelivered or (bool(entries) and
+                                    self.stale.entry_age_if_stale(entries[0][0], now_ms) is not None)
         for entry_id, fields in entries:
             if fields is None:
                 self._dead(entry_id, b"", "entry was deleted from the stream before it was processed")
@@ -273,7 +277,7 @@ class Service:
                 self._dead(entry_id, fields.get(b"payload", b""),
                            f"delivered {n} times (MAX_DELIVERIES={self.cfg.max_deliveries})")
                 continue
-            age = self.stale.entry_age_if_stale(entry_id, now_ms)
+            age = self.stale.entry_age_if_stale(entry_id, now_ms) if check_ids else None
             if age is not None:
                 self._drop_stale(entry_id, fields, age)
                 stale += 1
@@ -286,7 +290,7 @@ class Service:
                     self._drop_stale(entry_id, fields, now - created, doc)
                     stale += 1
                     continue
-                created = self.validator.validate(doc)
+                created = self.validator.validate(doc, created)
                 if created - now > self.cfg.clock_skew_sec:
                     raise InvalidIntent(f"timestamp: {created - now:.0f}s in the future "
                                         f"(INTENT_CLOCK_SKEW_SEC={self.cfg.clock_skew_sec})")

@@ -172,10 +172,14 @@ class IntentValidator:
         self.schema = SchemaValidator(load_schema(schema_dir / "trade_intent.schema.json"), compiled=compiled)
         self.max_payload_bytes = max_payload_bytes
 
-    def validate(self, doc: dict) -> float:
-        """Raise InvalidIntent, or return the intent's creation time in epoch seconds."""
+    def validate(self, doc: dict, created: float | None = None) -> float:
+        """Raise InvalidIntent, or return the intent's creation time in epoch seconds.
+
+        ``created``: ``parse_timestamp(doc["timestamp"])`` when the caller has it already (the service does).
+        """
         self.schema.check(doc)
-        created = parse_timestamp(doc["timestamp"])
+        if created is None:
+            created = parse_timestamp(doc["timestamp"])
         if created is None:
             raise InvalidIntent(f"timestamp: {doc['timestamp']!r} is not a valid RFC 3339 date-time")
         return created
