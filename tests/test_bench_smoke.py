@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FLOORS = [f"floor_count_{c}" for c in (10, 50, 500)]
+FLOORS = [f"floor_count_{c}" for c in (10, 50, 500)] + ["floor_fresh_work_count_50"]
 RATIOS = ([f"stale_drain_count_{c}" for c in (10, 50, 500)] + ["fresh_exec_c1", "fresh_exec_c4"]
           + [f"io_latency20ms_c{c}" for c in (1, 2, 4, 8)])
 
@@ -54,5 +54,7 @@ def test_quick_bench_writes_every_figure(tmp_path):
         assert f["ratio"] == pytest.approx(f["value"] / f["floor_value"], rel=1e-2, abs=1e-3), name
         assert _number(f["peak_rss_mb"]) and f["peak_rss_mb"] > 0, name
         assert f["met"] in (True, False, None), name
+    for name in ("fresh_exec_c1", "fresh_exec_c4"):
+        assert _number(figures[name]["ratio_to_contract_floor"]), name
     assert _number(figures["peak_rss_max"]["value"])
     assert isinstance(result["all_targets_met"], bool)
