@@ -2,8 +2,8 @@
 fire — executor errors, a consumer that cannot keep up, CPU burnt inside the unit, unreadable metrics — checking what
 the playbook printed, what it changed on the host, and that the AI engine was never restarted.
 
-The ramp gets its own lab host (qramp1, its own network namespace and /30) so that it never restarts services under
-another test's feet. Windows are seconds here; the role's defaults are for production.
+The ramp gets its own lab host (qramp1, 10.213.48.0/30, built with tests/lab/quantum_labkit.py from a private snapshot
+of the tree) so that it never restarts services under another test's feet. Windows are seconds here; the role's defaults are for production.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-ANSIBLE = ROOT / "ansible"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
+from quantum_labkit import ANSIBLE, ENV_FILE, LAB_HOSTS, LAB_KEY, LabHost  # noqa: E402
+
 HOST, IP, GATEWAY = "qramp1", "10.213.48.2", "10.213.48.1"
-LAB_KEY = Path("/var/lib/quantum-lab/ssh/id_ed25519")
-ENV_FILE, STATE_FILE = "/etc/quantum/ai-engine.env", "/var/lib/quantum/ramp/state.json"
+STATE_FILE = "/var/lib/quantum/ramp/state.json"
 WINDOWS = ["-e", "quantum_ramp_gate_window_sec=8", "-e", "quantum_ramp_observe_window_sec=10",
            "-e", "quantum_ramp_warmup_sec=2", "-e", "quantum_ramp_interval_sec=2"]
 PHASES = yaml.safe_load((ANSIBLE / "vars" / "ramp_phases.yml").read_text())["quantum_ramp_phases"]
@@ -48,27 +49,20 @@ done
 """
 
 
-class RampLab:
-    """The private lab host: ansible-playbook against it, and shell commands on it."""
-
-    def __init__(self, inventory: Path):
-        self.inventory = inventory
-
-    def playbook(self, name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-        return subprocess.run(["ansible-playbook", "-i", str(self.inventory), name, *args], cwd=ANSIBLE, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+class RampLab(LabHost):
+    """The private lab host (tests/lab/quantum_labkit.py) plus what the ramp tests read and inject."""
 
     def ramp(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.playbook("ramp.yml", *WINDOWS, *args, timeout=600)
 
     def ssh(self, command: str, check: bool = True, stdin: str | None = None) -> str:
+        if stdin is None:
+            return self.sh(command, check=check, timeout=120).stdout
         res = subprocess.run(
             ["ssh", "-i", str(LAB_KEY), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-             "-o", f"UserKnownHostsFile=/var/lib/quantum-lab/hosts/{HOST}/known_hosts", f"root@{IP}", command],
+             "-o", f"UserKnownHostsFile={LAB_HOSTS / self.name / 'known_hosts'}", f"root@{self.ip}", command],
             input=stdin, capture_output=True, text=True, timeout=120)
-        if check:
-            assert res.returncode == 0, f"{command}: {res.stdout}{res.stderr}"
+        assert not check or res.returncode == 0, f"{command}: {res.stdout}{res.stderr}"
         return res.stdout
 
     def env_values(self) -> dict[str, str]:
@@ -109,23 +103,14 @@ def out(res: subprocess.CompletedProcess[str]) -> str:
 def lab(tmp_path_factory: pytest.TempPathFactory):
     if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None or shutil.which("ansible-playbook") is None:
         pytest.skip("the lab needs root, systemd-nspawn and ansible-playbook (make bootstrap)")
-    inv = tmp_path_factory.mktemp("ramp-inventory")
-    shutil.copytree(ROOT / "inventory" / "lab" / "group_vars", inv / "group_vars")
-    hosts = {"all": {"children": {
-        "quantum_lab": {"hosts": {HOST: {"ansible_host": IP, "quantum_lab_gateway_ip": GATEWAY}}},
-        "quantum": {"children": {g: {"hosts": {HOST: None}} for g in
-                                 ("quantum_ai_engine", "quantum_execution", "quantum_redis")}},
-    }}}
-    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    lab = RampLab(inv / "hosts.yml")
-    res = lab.playbook("lab.yml")
+    host = RampLab(tmp_path_factory.mktemp("ramp"), HOST, IP, GATEWAY)
+    host.down()  # a fresh host: no ramp state, phase 1 values, no fault left from an earlier run
+    host.up()
+    res = host.playbook("deploy.yml")
     assert res.returncode == 0, res.stdout[-3000:]
-    lab.ssh(f"rm -f {STATE_FILE}", check=False)
-    res = lab.playbook("deploy.yml")  # fresh settings file (phase 1 values, no injected faults), units active
-    assert res.returncode == 0, res.stdout[-3000:]
-    yield lab
+    yield host
     if not os.environ.get("QUANTUM_KEEP_LAB"):
-        lab.playbook("lab_destroy.yml")
+        host.down()
 
 
 def test_status_shows_the_phase_and_live_measurements(lab: RampLab) -> None:
