@@ -453,7 +453,7 @@ def test_verdicts_follow_the_real_service(proof_redis: str, r: redis.Redis, env:
 
 def test_units_rule_where_systemd_is_present() -> None:
     """The rule itself (this machine has no systemd as PID 1): inactive fails, a unit installed elsewhere is a note."""
-    from consumer.proof_health import check_units
+    from consumer.proof.health import check_units
 
     def report(**units: dict) -> dict:
         return {"systemd": {"present": True, "units": {k.replace("_", "-"): v for k, v in units.items()}}}

@@ -18,7 +18,7 @@ from support import free_port
 from test_proof import INTENTS, Drainer, create_group, proof
 from test_proof import env, proof_redis, r  # noqa: F401  (fixtures: the flushed Redis, the CLI environment)
 
-from consumer.proof_observe import Thresholds, judge
+from consumer.proof.observe import Thresholds, judge
 
 pytestmark = pytest.mark.timeout(120)
 

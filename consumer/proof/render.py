@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from .proof_health import verdict_line
+from .health import verdict_line
 
 LABEL = 9
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from .proof_config import COUNTER_NAMES, ProofSettings
+from .config import COUNTER_NAMES, ProofSettings
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ Rules (each is one check in the report; any failed check makes the verdict UNHEA
 2. units      — where systemd is present: every unit installed on this host is loaded and ActiveState=active
                 (a unit that is not installed here, e.g. the AI engine on its own host, is a note; none at all fails).
 3. progress   — nothing to do (lag 0 and pending 0), or the pipeline moved in the sample window (see
-                proof_report: reads, consumed, pending shrinking or results). Work waiting with no movement is a
+                report: reads, consumed, pending shrinking or results). Work waiting with no movement is a
                 stall. With no window to judge (--sample-sec 0 and no previous snapshot) progress is unknown,
                 which is not healthy either: a proof must prove.
-4. error_rate — the error rate (proof_report's definition) is at most the threshold (default 5 %).
+4. error_rate — the error rate (report's definition) is at most the threshold (default 5 %).
 
 Notes (never change the verdict): a consumer idle for long while holding pending entries, a group without
 consumers, dead letters added in the window, limiter keys without a TTL, an estimated lag, a replica.

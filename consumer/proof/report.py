@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .proof_collect import Sample
-from .proof_config import ERROR_COUNTERS, ProofSettings
+from .collect import Sample
+from .config import ERROR_COUNTERS, ProofSettings
 
 ERROR_RATE_DEFINITION = "(failed + dead_lettered) / consumed"
 

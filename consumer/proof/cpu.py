@@ -68,7 +68,7 @@ def cgroup_cpu_ns(control_group: str | None) -> int | None:
 
 def unit_cpu_reader(unit: dict[str, Any], show: Callable[[], dict[str, Any]] | None = None
                     ) -> tuple[str, Callable[[], int | None]] | None:
-    """Pick the best CPU source for a unit state (from proof_systemd.unit_state); None when none is readable.
+    """Pick the best CPU source for a unit state (from systemd.unit_state); None when none is readable.
 
     `show` re-reads the unit state (for systemd's own counter); without it, systemd's counter is not used.
     """

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .proof_collect import Sample
-from .proof_config import ProofSettings
+from .collect import Sample
+from .config import ProofSettings
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import redis
 
-from .proof_config import ERROR_COUNTERS, ProofSettings
-from .proof_gather import RedisUnreachable, gather, open_redis
+from .config import ERROR_COUNTERS, ProofSettings
+from .gather import RedisUnreachable, gather, open_redis
 
 log = logging.getLogger(__name__)
 

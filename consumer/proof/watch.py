@@ -21,10 +21,10 @@ from typing import Any, Callable, TextIO
 
 import redis
 
-from . import proof_collect as collect
-from .proof_config import ERROR_COUNTERS, ProofSettings, redact_url
-from .proof_render import clock, dur, n
-from .proof_systemd import units_state
+from . import collect
+from .config import ERROR_COUNTERS, ProofSettings, redact_url
+from .render import clock, dur, n
+from .systemd import units_state
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One proof run: sample twice over the window, read the details once, and assemble the report dict.
 
-The report is the single source for the human layout, `--json` (schemas/proof_report.schema.json) and the ramp gates.
+The report is the single source for the human layout, `--json` (schemas/report.schema.json) and the ramp gates.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 
 import redis
 
-from . import proof_collect as collect
-from . import proof_state as state
-from .proof_config import ProofSettings, redact_url
-from .proof_cpu import CpuMeter, meter_for_pid, unit_cpu_reader
-from .proof_health import evaluate
-from .proof_report import drain, error_rate, movement
-from .proof_systemd import unit_state, units_state
+from . import collect
+from . import state
+from .config import ProofSettings, redact_url
+from .cpu import CpuMeter, meter_for_pid, unit_cpu_reader
+from .health import evaluate
+from .report import drain, error_rate, movement
+from .systemd import unit_state, units_state
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1

@@ -1,7 +1,7 @@
 """The proof / ops CLI: is the pipeline healthy, and how fast is the backlog draining?
 
     python -m consumer.proof [--once]       full report in a compact human layout, then VERDICT (default)
-    python -m consumer.proof --json         the same report as one JSON object (schemas/proof_report.schema.json)
+    python -m consumer.proof --json         the same report as one JSON object (schemas/report.schema.json)
     python -m consumer.proof --watch        live backlog-drain progress bar, rates and ETA until Ctrl-C
 
 The seed's monitoring commands, each one command (all accept --json):
@@ -12,10 +12,10 @@ The seed's monitoring commands, each one command (all accept --json):
     python -m consumer.proof stale-drops    STALE_INTENT_DROP lines of quantum-execution in the journal (last hour)
     python -m consumer.proof units          systemd state (and CPU over the sample window) of both units
     python -m consumer.proof observe        sample over --window and decide healthy/unhealthy/hold (the ramp's gate;
-                                            exit 0/1/3, rules in consumer/proof_observe.py)
+                                            exit 0/1/3, rules in consumer/proof/observe.py)
 
 Exit codes: 0 healthy, 1 unhealthy (reasons on the VERDICT line), 2 Redis unreachable (one line on stderr),
-64 usage error. Health rules: consumer/proof_health.py; error rate and progress: consumer/proof_report.py.
+64 usage error. Health rules: consumer/proof/health.py; error rate and progress: consumer/proof/report.py.
 Reads Redis (REDIS_URL, INTENT_STREAM, RESULT_STREAM, DLQ_STREAM, CONSUMER_GROUP) and systemd; writes only its own
 snapshot (PROOF_STATE_DIR, else /var/lib/quantum/proof when writable, else $XDG_STATE_HOME/quantum/proof).
 """
@@ -30,12 +30,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .proof_config import ProofSettings, UsageError
-from .proof_gather import RedisUnreachable, gather, open_redis
-from .proof_observe import Thresholds, exit_code, observe
-from .proof_render import SECTIONS, header, render
-from .proof_systemd import count_stale_lines, journal_stale_drops
-from .proof_watch import watch
+from .config import ProofSettings, UsageError
+from .gather import RedisUnreachable, gather, open_redis
+from .observe import Thresholds, exit_code, observe
+from .render import SECTIONS, header, render
+from .systemd import count_stale_lines, journal_stale_drops
+from .watch import watch
 
 log = logging.getLogger("consumer.proof")
 
@@ -206,7 +206,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(render(rep))
     return EXIT_OK if rep["health"]["healthy"] else EXIT_UNHEALTHY
-
-
-if __name__ == "__main__":
-    sys.exit(main())

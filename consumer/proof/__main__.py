@@ -1,0 +1,7 @@
+"""``python -m consumer.proof``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
