@@ -97,13 +97,14 @@ def test_cpu_fires_for_a_busy_service(traffic, env: dict[str, str]) -> None:
     traffic(pub_rate=20, drain_count=50, drain_pause=0.05)
     burner = subprocess.Popen([sys.executable, "-c", "import time\nend=time.time()+30\nwhile time.time()<end: pass"])
     try:
-        code, res = observe(env, "--cpu-pid", str(burner.pid), "--cpu-max", "50")
+        # a busy loop gets well over 20 % of a core even on a loaded 2-core machine; 50 % was not always reached
+        code, res = observe(env, "--cpu-pid", str(burner.pid), "--cpu-max", "20")
     finally:
         burner.kill()
         burner.wait()
     cpu = res["rules"]["cpu_high"]
     assert code == 1 and res["fired"] == ["cpu_high"], res["summary"]
-    assert cpu["source"] == "proc" and cpu["samples_above"] >= 2 and cpu["max"] > 50
+    assert cpu["source"] == "proc" and cpu["samples_above"] >= 2 and cpu["max"] > 20
 
 
 def test_unreadable_sources_hold_instead_of_deciding(traffic, env: dict[str, str]) -> None:
