@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ACTIVATE := source $(VENV)/bin/activate
 
-.PHONY: bootstrap test test-unit lint deploy run bench bench-quick lab-up lab-down clean
+.PHONY: bootstrap test test-unit lint deploy ramp rollback run bench bench-quick lab-up lab-down clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -32,6 +32,14 @@ lab-down: bootstrap
 ## Deploy to the local lab: lab up, ansible/deploy.yml, then what was deployed and the proof (ansible/status.yml).
 deploy: lab-up
 	$(ACTIVATE) && cd ansible && ansible-playbook deploy.yml && ansible-playbook status.yml
+
+## Ramp the lab to a phase (PHASE=1..5) or show it (PHASE=status): ansible/ramp.yml, gated on measured health.
+ramp: bootstrap
+	$(ACTIVATE) && cd ansible && ansible-playbook ramp.yml -e phase=$(or $(PHASE),status)
+
+## Roll the lab back: previous release, settings file and drop-ins removed, services restarted, proof.
+rollback: bootstrap
+	$(ACTIVATE) && cd ansible && ansible-playbook rollback.yml
 
 ## Local demo without the lab: a private redis-server, demo intents from the bridge, the service, the outcome.
 run: bootstrap
