@@ -71,5 +71,10 @@ class Executor(ABC):
     def lookup(self, client_order_id: str) -> Report | None:
         """The venue's record of an order sent earlier, or None when the venue never received it."""
 
+    # Optional: ``submit_many(self, orders: list[Order]) -> list[Report]`` sends a chunk in one call, with the same
+    # per-order semantics as ``submit`` (raise OutcomeUnknown when any of them may or may not have been sent). The
+    # service uses it only for a venue that answers in well under a millisecond (the paper venue); a venue without it
+    # gets one ``submit`` per order.
+
     def close(self) -> None:
         """Release connections; called once at shutdown."""
