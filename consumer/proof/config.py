@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from ..config import Config
+
 COUNTER_NAMES = (
     "consumed", "executed", "stale", "invalid", "duplicate", "failed", "dead_lettered", "reclaimed", "reconciled",
 )
@@ -74,12 +76,12 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 class ProofSettings:
     """Everything one proof run needs to know; built from the environment, then overridden by flags."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    intent_stream: str = "quantum:stream:trade.intent"
-    result_stream: str = "quantum:stream:execution.result"
-    dlq_stream: str = "quantum:stream:trade.intent.dlq"
-    group: str = "quantum-execution"
-    stats_key: str = "quantum:stats:execution"
+    redis_url: str = Config.redis_url  # the names and their defaults are the service's own (docs/contract.md)
+    intent_stream: str = Config.intent_stream
+    result_stream: str = Config.result_stream
+    dlq_stream: str = Config.dlq_stream
+    group: str = Config.group
+    stats_key: str = Config.stats_key
     rate_pattern: str = "quantum:rate:*"
     sample_sec: float = 2.0
     error_rate_max: float = 0.05
