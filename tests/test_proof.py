@@ -251,12 +251,14 @@ def test_dead_letters_limiters_and_consumers_are_shown(r: redis.Redis, env: dict
     r.xreadgroup(GROUP, "host-a-1", {INTENTS: ">"}, count=3)
     for i in range(7):
         r.xadd(DLQ, {"payload": "{}", "reason": f"qty: must be > 0 (case {i})", "source_id": f"{i}-0"})
-    r.set("quantum:rate:orders:1000", 17, ex=30)
+    window = int(time.time()) // 30  # RATE_LIMIT_WINDOW_SEC=30 in env below: the current window's index
+    r.set(f"quantum:rate:orders:{window}", 17, ex=60)
     r.set("quantum:rate:orders:1001", 2)  # no TTL: a limiter window that never resets
+    env = {**env, "RATE_LIMIT_WINDOW_SEC": "30"}
     res = proof(env, "--once", "--sample-sec", "0.2")
     out = res.stdout
     assert "length 7" in out and "qty: must be > 0 (case 6)" in out and "(case 1)" not in out  # newest 5 only
-    assert re.search(r"quantum:rate:orders:1000  count 17  ttl (29|30)s  resets \d\d:\d\d:\d\d", out), out
+    assert re.search(rf"quantum:rate:orders:{window}  count 17  ttl (59|60)s  resets \d\d:\d\d:\d\d", out), out
     assert "quantum:rate:orders:1001  count 2  NO TTL" in out
     assert "note: rate limiter quantum:rate:orders:1001 has no TTL" in out
     assert "consumer host-a-1  pending 3  idle" in out
@@ -264,8 +266,9 @@ def test_dead_letters_limiters_and_consumers_are_shown(r: redis.Redis, env: dict
     res = proof(env, "rate", "--json")
     rl = json.loads(res.stdout)["rate_limiters"]
     assert res.returncode == 0 and rl["total"] == 2
-    k = next(x for x in rl["keys"] if x["key"].endswith(":1000"))
-    assert k["count"] == 17 and 25 < k["ttl_sec"] <= 30 and k["resets_at"] > time.time()
+    k = next(x for x in rl["keys"] if x["key"].endswith(f":{window}"))
+    assert k["count"] == 17 and 55 < k["ttl_sec"] <= 60
+    assert k["resets_at"] == (window + 1) * 30, "the window resets when it ends, not when its key expires"
 
 
 def test_stream_names_come_from_the_environment(r: redis.Redis, env: dict[str, str]) -> None:

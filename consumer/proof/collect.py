@@ -144,8 +144,13 @@ def dlq_info(r: redis.Redis, key: str, newest: int) -> dict[str, Any]:
     }
 
 
-def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int) -> dict[str, Any]:
-    """Every limiter key with its count, TTL and reset time, found with SCAN (never KEYS on a production Redis)."""
+def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int, window_sec: int = 1) -> dict[str, Any]:
+    """Every limiter key with its count, TTL and reset time, found with SCAN (never KEYS on a production Redis).
+
+    A fixed-window key ends in its window index (``quantum:rate:orders:<index>``), so its window resets at
+    ``(index + 1) * window_sec``; the key itself outlives the window a little (its TTL is two windows), so the TTL
+    is the reset time only for keys of another shape.
+    """
     keys = sorted(set(r.scan_iter(match=pattern, count=1000)))
     pipe = r.pipeline(transaction=False)
     for k in keys:
@@ -160,12 +165,17 @@ def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int) -> dict[s
             "key": k,
             "count": _as_int(value) if not isinstance(value, Exception) else None,
             "ttl_sec": None if ttl_ms is None else round(ttl_ms / 1000, 3),
-            "resets_at": None if ttl_ms is None else round(now + ttl_ms / 1000, 3),
+            "resets_at": _window_end(k, window_sec) or (None if ttl_ms is None else round(now + ttl_ms / 1000, 3)),
             "no_expiry": pttl == -1,
         })
     # Newest windows first: those are the ones an operator is looking at.
     rows.sort(key=lambda row: row["key"], reverse=True)
     return {"pattern": pattern, "total": len(rows), "keys": rows[:keep], "truncated": len(rows) > keep}
+
+
+def _window_end(key: str, window_sec: int) -> float | None:
+    index = key.rsplit(":", 1)[-1]
+    return float((int(index) + 1) * window_sec) if index.isdigit() else None
 
 
 def counters(r: redis.Redis, key: str) -> dict[str, Any]:

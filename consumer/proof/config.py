@@ -89,6 +89,7 @@ class ProofSettings:
     snapshot_max_age_sec: float = 3600.0
     dlq_newest: int = 5
     rate_keys_max: int = 20
+    rate_window_sec: int = Config.rate_limit_window_sec  # a window key's index times this is when it began
     state_dir: Path | None = field(default=None)
     systemd: bool = True
     units: tuple[str, ...] = UNITS
@@ -111,6 +112,7 @@ class ProofSettings:
             sample_sec=_env_float(e, "PROOF_SAMPLE_SEC", cls.sample_sec, 0.0, 600.0),
             error_rate_max=_env_float(e, "PROOF_ERROR_RATE_MAX", cls.error_rate_max, 0.0, 1.0),
             error_min_sample=int(_env_float(e, "PROOF_ERROR_MIN_SAMPLE", cls.error_min_sample, 1, 1e9)),
+            rate_window_sec=int(_env_float(e, "RATE_LIMIT_WINDOW_SEC", cls.rate_window_sec, 1, 3600)),
             state_dir=default_state_dir(e),
             units=tuple(u.strip() for u in s("PROOF_UNITS", ",".join(UNITS)).split(",") if u.strip()),
         )
