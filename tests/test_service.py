@@ -263,3 +263,19 @@ def test_prometheus_metrics_count_outcomes(r, service_factory):
     assert got[("quantum_execution_intents_total", "invalid")] == 1
     assert got[("quantum_execution_latency_seconds_count", None)] == 30
     assert ("quantum_execution_in_flight", None) in got
+
+
+def test_idle_consumers_holding_nothing_are_removed_and_the_others_kept(r):
+    from consumer.config import Config
+    from consumer.streams import StreamIO
+
+    cfg = Config.from_env({"CONSUMER_NAME": "me"})
+    io = StreamIO(r, cfg)
+    io.ensure_group()
+    xadd(r, intent(1))
+    r.xreadgroup(GROUP, "holds-one", {INTENTS: ">"}, count=1)
+    r.xgroup_createconsumer(INTENTS, GROUP, "long-gone")
+    r.xgroup_createconsumer(INTENTS, GROUP, "me")
+    wait_until(lambda: all(c["idle"] > 20 for c in r.xinfo_consumers(INTENTS, GROUP)), what="consumers to idle")
+    assert io.delete_idle_consumers(idle_ms=10) == ["long-gone"]
+    assert {c["name"] for c in r.xinfo_consumers(INTENTS, GROUP)} == {b"holds-one", b"me"}
