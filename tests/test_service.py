@@ -6,10 +6,9 @@ import json
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 from consumer.validation import SchemaValidator, load_schema
-from support import (DLQ, GROUP, INTENTS, ROOT, dead_letters, drained, intent, pending, results, stats,
+from support import (GROUP, INTENTS, ROOT, dead_letters, drained, intent, pending, results, stats,
                      wait_until, xadd)
 
 RESULT_SCHEMA = SchemaValidator(load_schema(ROOT / "schemas" / "execution_result.schema.json"))

@@ -6,7 +6,6 @@ Runs under pytest, and alone as ``python tests/test_trade_intent_schema.py`` (th
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from pathlib import Path

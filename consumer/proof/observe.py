@@ -43,8 +43,8 @@ JUDGED_CHECKS = ("group", "units", "progress")
 class Thresholds:
     """Limits of one observation; the ramp sets them from its variables (short in tests, long in production)."""
 
-    error_rate_max: float = 0.05
-    error_min_consumed: int = 20
+    error_rate_max: float = ProofSettings.error_rate_max  # the proof's own threshold: one 5 % for both
+    error_min_consumed: int = ProofSettings.error_min_sample
     cpu_max: float = 80.0
     lag_growth_min: int = 20
     lag_slope_max: float = 0.5
