@@ -12,6 +12,7 @@ import pty
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -269,6 +270,55 @@ def test_dead_letters_limiters_and_consumers_are_shown(r: redis.Redis, env: dict
     k = next(x for x in rl["keys"] if x["key"].endswith(f":{window}"))
     assert k["count"] == 17 and 55 < k["ttl_sec"] <= 60
     assert k["resets_at"] == (window + 1) * 30, "the window resets when it ends, not when its key expires"
+
+
+def test_every_consumer_is_listed_with_its_host_and_liveness(proof_redis: str, r: redis.Redis,
+                                                              env: dict[str, str]) -> None:
+    """Two real services (default names `<hostname>-<pid>`) fed a trickle are live on this host; a consumer that read
+    and went quiet turns NOT LIVE once idle past PROOF_CONSUMER_LIVE_MS; a name of another shape has no host.
+
+    Redis 7.0 touches a consumer only when a read returns entries (a read blocked on an empty stream leaves its idle
+    time growing), so the live services are fed one entry every 50 ms, as a site under traffic feeds them."""
+    create_group(r)
+    add_intents(r, 5)
+    r.xreadgroup(GROUP, "qfx9-4242", {INTENTS: ">"}, count=2)  # a consumer on another host that went quiet
+    r.xreadgroup(GROUP, "custom_name", {INTENTS: ">"}, count=1)
+    env = {**env, "PROOF_CONSUMER_LIVE_MS": "1500"}
+    services = [ServiceProcess(proof_redis, XREADGROUP_BLOCK_MS="200").start() for _ in range(2)]
+    pids = [svc.pid for svc in services]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        feeder = redis.Redis.from_url(proof_redis)
+        while not stop.wait(0.05):
+            feeder.xadd(INTENTS, {"payload": "{}"})  # invalid: dead-lettered, never executed
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        def report() -> dict:
+            return proof_json(env, "--sample-sec", "0")[1]
+
+        wait_until(lambda: not next(c for c in report()["consumers"] if c["name"] == "qfx9-4242")["live"], 20,
+                   what="the quiet consumer to turn not live")
+        rep = report()
+        res = proof(env, "backlog", "--sample-sec", "0")
+    finally:
+        stop.set()
+        feeder.join()
+        for svc in services:
+            svc.stop()
+    by_name = {c["name"]: c for c in rep["consumers"]}
+    host = socket.gethostname()
+    for pid in pids:
+        c = by_name[f"{host}-{pid}"]
+        assert c["host"] == host and c["live"] and c["idle_ms"] < 1500, c
+    assert by_name["qfx9-4242"]["host"] == "qfx9" and by_name["qfx9-4242"]["pending"] == 2
+    assert by_name["custom_name"]["host"] is None
+    assert rep["settings"]["consumer_live_ms"] == 1500
+    assert f"consumers 4 (2 live on {host})" in res.stdout, res.stdout
+    assert f"consumer {host}-{pids[0]}  pending 0  idle" in res.stdout
+    assert re.search(r"consumer qfx9-4242  pending 2  idle \S+  host qfx9  NOT LIVE", res.stdout), res.stdout
 
 
 def test_stream_names_come_from_the_environment(r: redis.Redis, env: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ the JSON report and the live view share one shape.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,19 +113,38 @@ def estimate_lag(group: dict[str, Any], intents: dict[str, Any]) -> None:
         group["lag_estimated"] = True
 
 
-def consumers(r: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:
-    """Each consumer's pending count and idle time: a consumer holding entries while idle is a crashed one."""
+_CONSUMER_NAME = re.compile(r"^(?P<host>.+)-(?P<pid>[0-9]+)$")
+
+
+def consumer_host(name: str | None) -> str | None:
+    """The host a consumer runs on, read from the service's default name `<hostname>-<pid>`; None for other names.
+
+    XINFO CONSUMERS carries no client address, and CLIENT LIST needs rights the read-only proof user does not have,
+    so the name is the one place the host is recorded.
+    """
+    m = _CONSUMER_NAME.match(name or "")
+    return m.group("host") if m else None
+
+
+def consumers(r: redis.Redis, stream: str, group: str, live_ms: int = 15_000) -> list[dict[str, Any]]:
+    """Each consumer's host, pending count, idle time and liveness: a consumer holding entries while idle is a
+    crashed one. A consumer idle for no more than `live_ms` is live. Redis 7.0 resets idle only when a read returns
+    entries (or a claim touches them), so on a quiet stream a running consumer reads as not live: liveness is
+    meaningful under traffic, which is when a rolling deploy needs it."""
     try:
         rows = r.xinfo_consumers(stream, group)
     except redis.ResponseError:
         return []
     out = []
     for c in rows:
+        idle = _as_int(c.get("idle"))
         out.append({
             "name": c.get("name"),
+            "host": consumer_host(c.get("name")),
             "pending": _as_int(c.get("pending")) or 0,
-            "idle_ms": _as_int(c.get("idle")),
+            "idle_ms": idle,
             "inactive_ms": _as_int(c.get("inactive")),  # Redis >= 7.2 only
+            "live": idle is not None and idle <= live_ms,
         })
     out.sort(key=lambda c: (-c["pending"], c["name"] or ""))
     return out

@@ -94,6 +94,8 @@ class ProofSettings:
     systemd: bool = True
     units: tuple[str, ...] = UNITS
     connect_timeout_sec: float = 3.0
+    # A consumer idle for at most this long is live: above the service's longest read block (10 s) with a margin.
+    consumer_live_ms: int = 15_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ProofSettings":
@@ -113,6 +115,7 @@ class ProofSettings:
             error_rate_max=_env_float(e, "PROOF_ERROR_RATE_MAX", cls.error_rate_max, 0.0, 1.0),
             error_min_sample=int(_env_float(e, "PROOF_ERROR_MIN_SAMPLE", cls.error_min_sample, 1, 1e9)),
             rate_window_sec=int(_env_float(e, "RATE_LIMIT_WINDOW_SEC", cls.rate_window_sec, 1, 3600)),
+            consumer_live_ms=int(_env_float(e, "PROOF_CONSUMER_LIVE_MS", cls.consumer_live_ms, 1000, 3.6e6)),
             state_dir=default_state_dir(e),
             units=tuple(u.strip() for u in s("PROOF_UNITS", ",".join(UNITS)).split(",") if u.strip()),
         )

@@ -89,6 +89,9 @@ def notes(report: dict[str, Any]) -> list[str]:
     g = report["group"]
     if g["exists"] and g["consumer_count"] == 0:
         out.append(f"group {g['name']} has no consumers")
+    elif g["exists"] and (g["lag"] or g["pending"]) and not any(c.get("live") for c in report["consumers"]):
+        out.append(f"group {g['name']} has no live consumer (none touched the group in the last "
+                   f"{report['settings'].get('consumer_live_ms', 0) / 1000:.0f}s) while work waits")
     if g.get("lag_estimated"):
         out.append("lag estimated from entries-added − entries-read (Redis reported nil)")
     for c in report["consumers"]:

@@ -82,10 +82,14 @@ def backlog_lines(rep: dict[str, Any]) -> list[str]:
     lag = n(g["lag"]) + (" (estimated)" if g.get("lag_estimated") else "")
     rate = f"  read {n(mv['read_per_sec'])}/s  in {n(mv['intents_per_sec'])}/s" if mv else ""
     eta = f"  ETA {dur(d['eta_sec'])}" if d["backlog"] else ""
+    live = sum(1 for c in rep["consumers"] if c.get("live"))
+    hosts = sorted({c.get("host") or "?" for c in rep["consumers"] if c.get("live")})
     out = [_row("group", f"{g['name']}  lag {lag}  pending {n(g['pending'])}  entries-read {n(g['entries_read'])}"
-                         f"  consumers {g['consumer_count']}{rate}{eta}")]
+                         f"  consumers {g['consumer_count']} ({live} live on {', '.join(hosts) or 'no host'})"
+                         f"{rate}{eta}")]
     for c in rep["consumers"][:10]:
-        out.append(_row("", f"consumer {c['name']}  pending {n(c['pending'])}  idle {dur((c['idle_ms'] or 0) / 1000)}"))
+        out.append(_row("", f"consumer {c['name']}  pending {n(c['pending'])}  idle {dur((c['idle_ms'] or 0) / 1000)}"
+                            f"  host {c.get('host') or '?'}  {'live' if c.get('live') else 'NOT LIVE'}"))
     if len(rep["consumers"]) > 10:
         out.append(_row("", f"… {len(rep['consumers']) - 10} more consumers"))
     return out
