@@ -105,10 +105,16 @@ class Publisher:
 
 
 def backdated_ids(client: redis.Redis, stream: str, at_ms: int) -> Iterator[str] | None:
-    """Entry ids carrying the given time, as a backlog that built up then would have; None if the stream is newer."""
+    """Entry ids carrying the given time, as a backlog that built up then would have; None if the stream is newer.
+
+    None as well when the publisher may not read the stream (a write-only ACL user, as the AI engine's is): without
+    the stream's last id a backdated id could be refused, so the entries get fresh ids and are stale by timestamp.
+    """
     try:
         last = client.xinfo_stream(stream)["last-generated-id"]
         last_ms = int((last.decode() if isinstance(last, bytes) else last).split("-")[0])
+    except redis.exceptions.NoPermissionError:
+        return None
     except redis.ResponseError:
         last_ms = 0
     if last_ms >= at_ms:

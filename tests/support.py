@@ -48,10 +48,13 @@ def wait_until(cond: Callable[[], Any], timeout: float = 20.0, interval: float =
 class RedisServer:
     """A private redis-server; with ``persistent`` it keeps an append-only file across restarts."""
 
-    def __init__(self, persistent: bool = False) -> None:
+    def __init__(self, persistent: bool = False, aclfile: Path | None = None,
+                 admin: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="quantum-redis-"))
         self.persistent = persistent
+        self.aclfile = aclfile  # users.acl as the deploy writes it; then ``admin`` (user, password) is how we log in
+        self.admin = admin
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -62,8 +65,11 @@ class RedisServer:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 "--protected-mode", "no", "--logfile", str(self.dir / "redis.log")]
+        if self.aclfile is not None:
+            args += ["--aclfile", str(self.aclfile)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.client()
+        client.connection_pool.connection_kwargs["socket_connect_timeout"] = 0.2
 
         def up() -> bool:
             try:
@@ -85,6 +91,8 @@ class RedisServer:
         self.start()
 
     def client(self) -> redis.Redis:
+        if self.admin is not None:
+            return redis.Redis(port=self.port, username=self.admin[0], password=self.admin[1])
         return redis.Redis(port=self.port)
 
     def cleanup(self) -> None:
