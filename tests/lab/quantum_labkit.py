@@ -7,10 +7,12 @@ without ever touching the operator's lab host (qlab1) or another test's.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -105,9 +107,7 @@ class LabHost:
 
     def traces(self) -> dict:
         """Every trace of this lab host on the control node (lab_status.sh of the lab role)."""
-        out = subprocess.run(["bash", str(STATUS_SCRIPT), self.name, self.name, f"vq-{self.name}"[:15],
-                              str(LAB_HOSTS / self.name)], capture_output=True, text=True, check=True).stdout
-        return json.loads(out)
+        return lab_traces(self.name)
 
     # -- on the host -------------------------------------------------------------------------------------------
 
@@ -159,3 +159,147 @@ class LabHost:
         """A code change the release checksum must notice."""
         with (self.src / "consumer" / "__init__.py").open("a") as fh:
             fh.write(f"\n# deploy test change: {marker}\n")
+
+
+# -- a fleet: several lab hosts on one bridge ------------------------------------------------------------------------
+
+
+def lab_traces(name: str, bridge: str = "") -> dict:
+    """Every trace of one lab host on the control node (lab_status.sh of the lab role), and its bridge if any."""
+    args = ["bash", str(STATUS_SCRIPT), name, name, f"vq-{name}"[:15], str(LAB_HOSTS / name)] + ([bridge] if bridge else [])
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+
+
+def default_roles(names: list[str]) -> dict[str, list[str]]:
+    """Groups by name: <x>-r… Redis, <x>-a… AI engine (else the Redis host), <x>-x… execution (else the Redis host)."""
+    def kind(n: str) -> str:
+        return n.rsplit("-", 1)[-1][:1]
+    redis = [n for n in names if kind(n) == "r"] or names[:1]
+    return {"quantum_redis": redis,
+            "quantum_ai_engine": [n for n in names if kind(n) == "a"] or redis[:1],
+            "quantum_execution": [n for n in names if kind(n) == "x"] or redis[:1]}
+
+
+class FleetHost(LabHost):
+    """One host of a Fleet: every LabHost method on it; its playbooks run on the fleet's inventory, limited to it."""
+
+    def __init__(self, fleet: "Fleet", name: str, ip: str):  # noqa: D107 - the fleet owns inventory and tree
+        self.fleet, self.name, self.ip, self.gateway = fleet, name, ip, fleet.gateway
+        self.workdir, self.src, self.inventory = fleet.workdir, fleet.src, fleet.inventory
+
+    def snapshot_tree(self) -> None:
+        self.fleet.snapshot_tree()
+
+    def write_inventory(self) -> None:
+        self.fleet.write_inventory()
+
+    def playbook(self, name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return self.fleet.playbook(name, "--limit", self.name, *args, timeout=timeout)
+
+    def traces(self) -> dict:
+        return lab_traces(self.name, self.fleet.bridge)
+
+
+class Fleet:
+    """Several lab hosts on one private bridge and subnet, with one private inventory (groups as inventory/lab).
+
+    `prefix_or_names` is a name prefix (hosts <prefix>-r, -a, -x1, -x2: Redis, AI engine, two execution hosts) or a
+    list of names; addresses are .11, .12, … of `subnet` in that order, the control node is .1 on `bridge`.
+    `roles` maps groups to names (default: by the name's last part, see default_roles); `host_vars` adds inventory
+    variables per host; `quantum_vars` adds variables to the group quantum.
+    """
+
+    snapshot_tree = LabHost.snapshot_tree
+    playbook = LabHost.playbook
+    change_code = LabHost.change_code
+
+    def __init__(self, workdir: Path, prefix_or_names: str | list[str], subnet: str, bridge: str,
+                 roles: dict[str, list[str]] | None = None, host_vars: dict[str, dict] | None = None,
+                 quantum_vars: dict | None = None):
+        names = ([f"{prefix_or_names}-{s}" for s in ("r", "a", "x1", "x2")] if isinstance(prefix_or_names, str)
+                 else list(prefix_or_names))
+        net = ipaddress.ip_network(subnet)
+        self.workdir, self.bridge, self.prefix = workdir, bridge, net.prefixlen
+        self.gateway = str(net.network_address + 1)
+        self.src, self.inventory = workdir / "src", workdir / "inventory"
+        self.roles = roles or default_roles(names)
+        self.host_vars = host_vars or {}
+        self.quantum_vars = quantum_vars or {}
+        self.hosts: dict[str, FleetHost] = {n: FleetHost(self, n, str(net.network_address + 11 + i))
+                                            for i, n in enumerate(names)}
+        self.snapshot_tree()
+        self.write_inventory()
+
+    def write_inventory(self) -> None:
+        """hosts.yml for this fleet; group_vars is the lab's own (a link), so the tests use what `make deploy` uses."""
+        self.inventory.mkdir(parents=True, exist_ok=True)
+        link = self.inventory / "group_vars"
+        if not link.exists():
+            link.symlink_to(ROOT / "inventory" / "lab" / "group_vars")
+        lab = {n: {"ansible_host": h.ip, **self.host_vars.get(n, {})} for n, h in self.hosts.items()}
+        inv = {"all": {"children": {
+            "quantum_lab": {"hosts": lab, "vars": {"quantum_lab_bridge": self.bridge, "quantum_lab_gateway_ip": self.gateway,
+                                                    "quantum_lab_prefix": self.prefix}},
+            "quantum": {
+                "children": {g: {"hosts": {n: None for n in self.roles.get(g, [])}}
+                             for g in ("quantum_ai_engine", "quantum_execution", "quantum_redis")},
+                "vars": {"quantum_release_src": str(self.src), "quantum_preflight_repo": str(self.src), **self.quantum_vars},
+            },
+        }}}
+        (self.inventory / "hosts.yml").write_text(json.dumps(inv, indent=1))  # JSON is YAML
+
+    def __getitem__(self, name: str) -> FleetHost:
+        return self.hosts[name]
+
+    def up(self, *args: str) -> subprocess.CompletedProcess[str]:
+        res = self.playbook("lab.yml", *args)
+        assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+        return res
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        return self.playbook("lab_destroy.yml")
+
+    def traces(self) -> dict[str, dict]:
+        """Traces of every host (see lab_traces); each carries the bridge's state and ports."""
+        return {n: lab_traces(n, self.bridge) for n in self.hosts}
+
+    def bridge_exists(self) -> bool:
+        return subprocess.run(["ip", "link", "show", "dev", self.bridge], capture_output=True).returncode == 0
+
+    def kill_host(self, name: str, timeout: float = 30) -> None:
+        """The whole host stops at once, like a power cut: SIGKILL of its systemd-nspawn and of everything in it.
+
+        Its root filesystem, network namespace and veth stay, so boot_host() brings it back with its state.
+        """
+        pid = self.hosts[name].traces()["nspawn_pid"]
+        assert pid, f"lab host {name} is not running"
+        os.kill(pid, signal.SIGKILL)
+        # The container's processes are not children that die with systemd-nspawn: kill them too.
+        def gone() -> bool:
+            t = lab_traces(name, self.bridge)
+            for p in t["netns_pids"]:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return t["nspawn_pid"] is None and not t["netns_pids"]
+        wait_until(gone, timeout, what=f"lab host {name} stopped")
+
+    def boot_host(self, name: str) -> subprocess.CompletedProcess[str]:
+        """Bring a stopped host back with its state (lab.yml on it alone boots its intact root filesystem)."""
+        res = self.playbook("lab.yml", "--limit", name)
+        assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+        return res
+
+    def _eth0(self, name: str, state: str) -> None:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "eth0", state], check=True)
+
+    def partition(self, name: str) -> None:
+        """Cut the host off the network (eth0 down inside its namespace); it keeps running."""
+        self._eth0(name, "down")
+
+    def heal(self, name: str, timeout: float = 30) -> None:
+        """End a partition: eth0 up again, and wait until the host answers SSH."""
+        self._eth0(name, "up")
+        host = self.hosts[name]
+        wait_until(lambda: host.sh("true", check=False, timeout=10).returncode == 0, timeout, what=f"{name} reachable")
