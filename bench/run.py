@@ -4,8 +4,8 @@
     python bench/run.py            # full size (make bench): 1.4M stale backlog, writes bench/results.json
     python bench/run.py --quick    # CI smoke size (make bench-quick), well under 2 minutes
 
-One private redis-server (loopback, free port, no persistence) serves every measurement, so every ratio compares the
-service with a floor measured on the same machine, in the same minute:
+One private redis-server (loopback, free port, persistence off unless a figure says otherwise) serves every
+measurement, so every ratio compares the service with a floor measured on the same machine, in the same minute:
 
 1. floor    a minimal redis-py + hiredis loop, XREADGROUP COUNT=c then XACK of what it got, at c = 10, 50, 500, over
             the same stream entries the stale drain reads (best of several runs: the floor is the denominator, so its
@@ -17,7 +17,10 @@ service with a floor measured on the same machine, in the same minute:
 3. fresh    N valid fresh intents through parse, validation, idempotency claim, rate limiter, paper execution at 0 ms,
             result + ack commit; EXEC_CONCURRENCY 1 and 4, XREADGROUP_COUNT 50; divided by the floor at COUNT 50
 4. io       PAPER_LATENCY_MS=20, EXEC_CONCURRENCY C = 1, 2, 4, 8: achieved intents/s against the ideal C / L
-5. memory   peak RSS (VmHWM from /proc) of the service process of every run, read just before it is stopped
+5. aof      the same Redis switched to `appendonly yes` (CONFIG SET, its data dir on a disk filesystem, never tmpfs)
+            with `appendfsync everysec`, then `always`: the floor and the stale drain at COUNT 50 and the fresh path,
+            each divided by the same figure with `appendonly no` from the same run: what the durability costs
+6. memory   peak RSS (VmHWM from /proc) of the service process of every run, read just before it is stopped
 
 Every run is also checked for correctness (all N counted, nothing pending, one result per executed intent, no dead
 letter), so a fast but wrong service cannot post a figure.
@@ -59,14 +62,19 @@ STALE_AGE = 3600  # age of the stale backlog: well past the TTL
 LATENCY_MS = 20  # paper venue latency of the I/O-bound runs
 COUNTS = (10, 50, 500)
 TARGETS = {"stale": 0.6, "fresh": 0.3, "io": 0.9, "rss_mb": 150.0}
+AOF_POLICIES = ("everysec", "always")  # appendfsync policies measured with appendonly yes
+MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"}  # an fsync there costs nothing: the figure would lie
 
 SIZES: dict[str, dict[str, Any]] = {
     # stale_n: backlog drained by the service at each COUNT; floor_n: entries per floor run (the floor's rate does not
     # depend on the backlog's length, so a slice of it keeps the full run short); *_reps: runs per figure (best kept)
+    # aof_*: the persistence runs (a backlog of aof_stale_n for the floor and the drain under each policy)
     "full": dict(stale_n=1_400_000, floor_n=300_000, floor_reps=5, stale_reps=1, fresh_n=60_000, fresh_reps=3,
-                 io_sec=4.0, io_reps=2),
+                 io_sec=4.0, io_reps=2, aof_stale_n=300_000, aof_floor_n=100_000, aof_floor_reps=3,
+                 aof_stale_reps=2, aof_fresh_n=60_000, aof_fresh_reps=2, aof_fresh_concs=(1, 4)),
     "quick": dict(stale_n=100_000, floor_n=60_000, floor_reps=5, stale_reps=3, fresh_n=6_000, fresh_reps=3,
-                  io_sec=1.0, io_reps=1),
+                  io_sec=1.0, io_reps=1, aof_stale_n=30_000, aof_floor_n=10_000, aof_floor_reps=2,
+                  aof_stale_reps=1, aof_fresh_n=2_000, aof_fresh_reps=1, aof_fresh_concs=(1,)),
 }
 
 
@@ -96,12 +104,61 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
-class RedisServer:
-    """A private redis-server on a free loopback port, nothing written to disk."""
+def filesystem(path: Path) -> dict[str, str]:
+    """The mount holding ``path`` (longest mount point prefix in /proc/self/mountinfo): type, source, mount point."""
+    real = os.path.realpath(path)
+    found = {"fstype": "?", "source": "?", "mountpoint": "/"}
+    best_len = -1
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            mnt = left.split()[4].encode().decode("unicode_escape")
+            inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) >= best_len:
+                best_len = len(mnt)
+                fstype, source = (right.split() + ["?", "?"])[:2]
+                found = {"fstype": fstype, "source": source, "mountpoint": mnt}
+    return found
 
-    def __init__(self) -> None:
+
+def disk_dir(preferred: Path | None) -> Path:
+    """Where the private Redis keeps its files: the first candidate on a disk filesystem (an AOF on tmpfs would make
+    every fsync free and the persistence figures a lie); falls back to the first candidate, flagged in the results."""
+    candidates = [preferred] if preferred else [Path("/var/tmp"), ROOT / "build"]
+    for c in candidates:
+        c.mkdir(parents=True, exist_ok=True)
+        if filesystem(c)["fstype"] not in MEMORY_FS:
+            return c
+    return candidates[0]
+
+
+def fdatasync_us(directory: Path, n: int = 200) -> dict[str, float]:
+    """Median and 90th percentile of one 2 KB append + fdatasync in ``directory``: the disk's price per AOF fsync."""
+    path = directory / f"fsync-probe-{os.getpid()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 2048)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return {"median": round(1e6 * times[n // 2], 1), "p90": round(1e6 * times[n * 9 // 10], 1)}
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port; persistence off until ``set_persistence`` turns the AOF on.
+
+    Its directory is under ``data_root`` (a disk filesystem, see ``disk_dir``) and removed by ``stop``.
+    """
+
+    def __init__(self, data_root: Path | None = None) -> None:
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="quantum-bench-redis-")
+        self.dir = tempfile.mkdtemp(prefix="quantum-bench-redis-", dir=data_root)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -111,7 +168,9 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes"],
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes",
+             # no automatic AOF rewrite: a fork + rewrite in the middle of a timed run would measure the rewrite
+             "--auto-aof-rewrite-percentage", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         deadline = time.monotonic() + 10
@@ -126,6 +185,29 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+    def set_persistence(self, policy: str, timeout: float = 300) -> None:
+        """``no``: appendonly no. ``everysec`` / ``always``: appendonly yes with that appendfsync, returning once the
+        initial rewrite of the data set into the AOF is done, so no timed run shares the disk with it."""
+        r = self.client()
+        if policy == "no":
+            r.config_set("appendonly", "no")
+            return
+        r.config_set("appendfsync", policy)
+        r.config_set("appendonly", "yes")
+        deadline = time.monotonic() + timeout
+        while True:
+            info = r.info("persistence")
+            if (info["aof_enabled"] and not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+                    and info.get("aof_last_bgrewrite_status", "ok") == "ok"):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"AOF rewrite not done after {timeout:.0f}s: {info}")
+            time.sleep(0.02)
+
+    def aof_size(self) -> int:
+        """Bytes in the AOF (0 when it is off): its growth over a run is what that run made Redis write."""
+        return int(self.client().info("persistence").get("aof_current_size", 0))
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -297,6 +379,7 @@ def service_run(server: RedisServer, workdir: Path, name: str, *, field: str, n:
     r = server.client()
     r.delete(STATS)
     svc = Service(server.url, workdir, name, INTENT_STREAM=stream, CONSUMER_GROUP=group, **env)
+    aof0 = server.aof_size()
     redis_cpu0 = cpu_seconds(server.proc.pid)
     ready = svc.start()
     svc_cpu0 = cpu_seconds(svc.proc.pid)
@@ -309,6 +392,7 @@ def service_run(server: RedisServer, workdir: Path, name: str, *, field: str, n:
         code = svc.stop()
     if code != 0:
         raise RuntimeError(f"service {name} exited with {code}; see {svc.log_path}")
+    aof_bytes = server.aof_size() - aof0
     stats = {k.decode(): int(v) for k, v in r.hgetall(STATS).items()}
     pending, lag = group_pending(r, stream, group)
     wall = done - ready
@@ -317,6 +401,7 @@ def service_run(server: RedisServer, workdir: Path, name: str, *, field: str, n:
             "service_cpu_sec": round(svc_cpu, 3), "redis_cpu_sec": round(redis_cpu, 3),
             "service_cpu_us_per_intent": round(1e6 * svc_cpu / n, 2),
             "redis_cpu_us_per_intent": round(1e6 * redis_cpu / n, 2),
+            "aof_bytes_per_intent": round(aof_bytes / n, 1),
             "counters": stats,
             "pending_after": pending, "lag_after": lag}
 
@@ -355,6 +440,101 @@ def exec_run(server: RedisServer, workdir: Path, name: str, n: int, **env: Any) 
     return run
 
 
+def persistence_runs(server: RedisServer, workdir: Path, p: dict[str, Any],
+                     figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The floor and stale drain at COUNT 50 and the fresh path with ``appendonly yes``, under each policy in
+    AOF_POLICIES; each divided by the raw floor (``ratio``) and by the same figure with ``appendonly no`` from this
+    run (``ratio_to_baseline``). Ends with appendonly no again."""
+    out: dict[str, dict[str, Any]] = {}
+    r = server.client()
+    fl50 = figures["floor_count_50"]
+
+    def with_baseline(fig: dict[str, Any], baseline: str) -> dict[str, Any]:
+        base = figures[baseline]["value"]
+        return {**fig, "floor": "floor_count_50", "floor_value": fl50["value"],
+                "ratio": round(fig["value"] / fl50["value"], 3), "baseline": baseline, "baseline_value": base,
+                "ratio_to_baseline": round(fig["value"] / base, 3)}
+
+    # a backlog of aof_stale_n stale intents, loaded with appendonly no, then written into the AOF by its rewrite
+    r.flushall()
+    bulk_load(Publisher(r, INTENTS, SCHEMA, CFG.max_payload_bytes), p["aof_stale_n"], STALE_AGE, seed=2,
+              prefix="aof-stale")
+    try:
+        for policy in AOF_POLICIES:
+            t0 = time.perf_counter()
+            server.set_persistence(policy)
+            log(f"aof {policy}: on in {time.perf_counter() - t0:.1f}s, aof {server.aof_size() / 2**20:.0f} MiB")
+            rates, per_entry = [], []
+            for i in range(p["aof_floor_reps"]):
+                a0 = server.aof_size()
+                rates.append(floor_once(r, INTENTS, f"bench-aof-floor-{policy}-{i}", 50, p["aof_floor_n"]))
+                per_entry.append((server.aof_size() - a0) / p["aof_floor_n"])
+            out[f"floor_aof_{policy}_count_50"] = with_baseline({
+                "kind": "floor", "unit": "entries/s", "value": round(max(rates)), "count": 50, "n": p["aof_floor_n"],
+                "appendfsync": policy, "runs": [round(x) for x in rates], "kept": f"best of {len(rates)}",
+                "aof_bytes_per_entry": round(max(per_entry), 1)}, "floor_count_50")
+            log(f"aof {policy} floor COUNT=50: {max(rates):,.0f}/s (runs {', '.join(f'{x:,.0f}' for x in rates)})")
+            runs = []
+            for i in range(p["aof_stale_reps"]):
+                group = f"bench-aof-stale-{policy}-{i}"
+                run_ = service_run(server, workdir, f"aof_{policy}_stale_{i}", field="stale", n=p["aof_stale_n"],
+                                   timeout=900, group=group, XREADGROUP_COUNT=50)
+                c = run_["counters"]
+                check(c.get("stale") == p["aof_stale_n"] and c.get("consumed") == p["aof_stale_n"]
+                      and not c.get("executed"), f"aof {policy} stale: counters {c}")
+                check(run_["pending_after"] == 0, f"aof {policy} stale: {run_['pending_after']} pending")
+                r.xgroup_destroy(INTENTS, group)
+                runs.append(run_)
+                log(f"aof {policy} stale COUNT=50 run {i}: {run_['rate']:,.0f}/s "
+                    f"aof {run_['aof_bytes_per_intent']} B/intent")
+            b = best(runs)
+            pfloor = out[f"floor_aof_{policy}_count_50"]["value"]
+            out[f"stale_drain_aof_{policy}_count_50"] = with_baseline({
+                "kind": "stale", "unit": "intents/s", "value": round(b["rate"]), "count": 50, "n": p["aof_stale_n"],
+                "appendfsync": policy, "wall_sec": b["wall_sec"], "target": None,
+                "ratio_to_policy_floor": round(b["rate"] / pfloor, 3),
+                "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"]) for x in runs],
+                "kept": f"best of {len(runs)}", **cpu_fields(b), "detail": b}, "stale_drain_count_50")
+
+        for policy in AOF_POLICIES:
+            server.set_persistence(policy)
+            for conc in p["aof_fresh_concs"]:
+                runs = []
+                for i in range(p["aof_fresh_reps"]):
+                    run_ = exec_run(server, workdir, f"aof_{policy}_fresh_c{conc}_{i}", p["aof_fresh_n"],
+                                    EXEC_CONCURRENCY=conc, PAPER_LATENCY_MS=0)
+                    runs.append(run_)
+                    log(f"aof {policy} fresh EXEC_CONCURRENCY={conc} run {i}: {run_['rate']:,.0f}/s "
+                        f"aof {run_['aof_bytes_per_intent']} B/intent")
+                b = best(runs)
+                out[f"fresh_exec_aof_{policy}_c{conc}"] = with_baseline({
+                    "kind": "fresh", "unit": "intents/s", "value": round(b["rate"]), "exec_concurrency": conc,
+                    "count": 50, "n": p["aof_fresh_n"], "appendfsync": policy, "wall_sec": b["wall_sec"], "target": None,
+                    "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"]) for x in runs],
+                    "kept": f"best of {len(runs)}", **cpu_fields(b), "detail": b}, f"fresh_exec_c{conc}")
+    finally:
+        server.set_persistence("no")
+    return out
+
+
+def persistence_summary(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per base figure: its value with appendonly no, the ratio of each policy to it, and always / everysec."""
+    summary: dict[str, Any] = {}
+    for base, pattern in (("floor_count_50", "floor_aof_{}_count_50"),
+                          ("stale_drain_count_50", "stale_drain_aof_{}_count_50"),
+                          ("fresh_exec_c1", "fresh_exec_aof_{}_c1"), ("fresh_exec_c4", "fresh_exec_aof_{}_c4")):
+        names = {pol: pattern.format(pol) for pol in AOF_POLICIES}
+        if base not in figures or not all(n in figures for n in names.values()):
+            continue
+        entry: dict[str, Any] = {"appendonly_no": figures[base]["value"]}
+        for pol, name in names.items():
+            entry[pol] = {"value": figures[name]["value"], "ratio_to_appendonly_no": figures[name]["ratio_to_baseline"]}
+        entry["always_over_everysec"] = round(figures[names["always"]]["value"] / figures[names["everysec"]]["value"],
+                                              3)
+        summary[base] = entry
+    return summary
+
+
 # -- the whole run --------------------------------------------------------------------------------------------------
 
 def versions(server: RedisServer) -> dict[str, Any]:
@@ -381,14 +561,23 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
+def run(size: str, out: Path, workdir: Path, redis_root: Path | None = None) -> dict[str, Any]:
     p = SIZES[size]
     started = time.time()
     load_before = loadavg()
-    server = RedisServer().start()
+    root = disk_dir(redis_root)
+    disk = {"path": str(root), **filesystem(root), "fdatasync_us": fdatasync_us(root)}
+    disk["memory_backed"] = disk["fstype"] in MEMORY_FS
+    log(f"redis data dir under {root}: {disk['fstype']} on {disk['source']} (mounted at {disk['mountpoint']}), "
+        f"fdatasync median {disk['fdatasync_us']['median']} us p90 {disk['fdatasync_us']['p90']} us")
+    if disk["memory_backed"]:
+        log(f"WARNING: {root} is {disk['fstype']}: an fsync costs nothing there, the aof figures say nothing about "
+            "a disk; pass --redis-dir on a disk filesystem")
+    server = RedisServer(root).start()
+    disk["data_dir"] = server.dir  # removed by server.stop(); the smoke test checks it is gone
     figures: dict[str, dict[str, Any]] = {}
     try:
-        machine = versions(server)
+        machine = {**versions(server), "redis_dir": disk}
         r = server.client()
 
         # the stale backlog, loaded once: the floor groups and the service groups all read this same stream
@@ -478,6 +667,9 @@ def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
                 "floor_value": ideal, "ratio": round(b["rate"] / ideal, 3), "target": TARGETS["io"],
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "runs": [round(x["rate"], 1) for x in runs],
                 "kept": f"best of {len(runs)}", **cpu_fields(b), "detail": b}
+
+        # 5. persistence: the same server, appendonly yes, under each appendfsync policy
+        figures.update(persistence_runs(server, workdir, p, figures))
     finally:
         server.stop()
 
@@ -498,7 +690,7 @@ def run(size: str, out: Path, workdir: Path) -> dict[str, Any]:
         "params": {**p, "intent_max_age_sec": MAX_AGE, "stale_age_sec": STALE_AGE, "counts": list(COUNTS),
                    "timing": "from READY=1 on NOTIFY_SOCKET to the counter reaching N (start-up excluded)"},
         "targets": TARGETS, "all_targets_met": all(f["met"] is not False for f in figures.values()),
-        "figures": figures,
+        "figures": figures, "persistence": persistence_summary(figures),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
@@ -511,8 +703,9 @@ def table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"bench size={result['size']}  cpus={m['cpu_count']}  python {m['python']}  "
              f"redis-server {m['redis_server']}  redis-py {m['redis_py']}  hiredis {m['hiredis']}  "
-             f"({result['duration_sec']}s, load {result.get('loadavg', {}).get('before', ['?'])[0]})",
-             f"{'figure':<26}{'value':>14}  {'unit':<10}{'divided by':<18}{'ratio':>7}{'target':>8}  "
+             f"({result['duration_sec']}s, load {result.get('loadavg', {}).get('before', ['?'])[0]})"
+             + disk_note(m.get("redis_dir")),
+             f"{'figure':<34}{'value':>14}  {'unit':<10}{'divided by':<18}{'ratio':>7}{'target':>8}  "
              f"{'ok':<4}{'rss MB':>7}{'svc us/i':>10}{'redis us/i':>11}"]
     for name, f in result["figures"].items():
         ratio = f"{f['ratio']:.2f}" if "ratio" in f else ""
@@ -520,7 +713,7 @@ def table(result: dict[str, Any]) -> str:
                                                        else f"{f['target']:.2f}")
         ok = {True: "yes", False: "NO", None: ""}[f.get("met")]
         value = f"{f['value']:,.1f}" if isinstance(f["value"], float) else f"{f['value']:,}"
-        lines.append(f"{name:<26}{value:>14}  {f['unit']:<10}{f.get('floor', ''):<18}{ratio:>7}{target:>8}  "
+        lines.append(f"{name:<34}{value:>14}  {f['unit']:<10}{f.get('floor', ''):<18}{ratio:>7}{target:>8}  "
                      f"{ok:<4}{f.get('peak_rss_mb', ''):>7}{f.get('service_cpu_us_per_intent', ''):>10}"
                      f"{f.get('redis_cpu_us_per_intent', ''):>11}")
     work = [f"{name} {f['ratio_to_contract_floor']:.2f}" for name, f in result["figures"].items()
@@ -528,8 +721,31 @@ def table(result: dict[str, Any]) -> str:
     if work:
         lines.append("fresh path / floor_fresh_work_count_50 (the same Redis work from a bare loop): "
                      + ", ".join(work))
+    lines += persistence_lines(result.get("persistence") or {})
     lines.append("all targets met" if result["all_targets_met"] else "SOME TARGETS MISSED")
     return "\n".join(lines)
+
+
+def disk_note(disk: dict[str, Any] | None) -> str:
+    """Where the Redis files (the AOF) were, for the header: a figure measured on tmpfs says so loudly."""
+    if not disk:
+        return ""
+    note = (f"  redis dir {disk['path']}: {disk['fstype']} on {disk['source']}, "
+            f"fdatasync {disk['fdatasync_us']['median']:.0f} us")
+    return note + ("  (MEMORY-BACKED: the aof figures cost no disk)" if disk.get("memory_backed") else "")
+
+
+def persistence_lines(summary: dict[str, Any]) -> list[str]:
+    """Two lines: each figure with appendonly yes over the same figure with appendonly no, then always / everysec."""
+    if not summary:
+        return []
+    short = {"floor_count_50": "floor", "stale_drain_count_50": "stale drain", "fresh_exec_c1": "fresh c1",
+             "fresh_exec_c4": "fresh c4"}
+    parts = [f"{short.get(base, base)} " + "/".join(f"{e[pol]['ratio_to_appendonly_no']:.2f}" for pol in AOF_POLICIES)
+             for base, e in summary.items()]
+    cost = [f"{short.get(base, base)} {100 * (e['always_over_everysec'] - 1):+.0f} %" for base, e in summary.items()]
+    return [f"appendonly yes / appendonly no ({' / '.join(AOF_POLICIES)}): " + ", ".join(parts),
+            "cost of appendfsync always vs everysec (throughput change): " + ", ".join(cost)]
 
 
 CFG = Config()
@@ -540,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     global SCHEMA
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI smoke size (well under 2 minutes)")
+    ap.add_argument("--redis-dir", type=Path, default=None, help="parent of the private Redis's data dir (the AOF); "
+                    "default the first of /var/tmp and build/ that is not memory-backed")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json, "
                     "bench/out/results-quick.json with --quick)")
     ap.add_argument("--table", type=Path, metavar="RESULTS", help="only print the table of an existing results file")
@@ -555,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="quantum-bench-"))
     keep = False
     try:
-        result = run(size, out, workdir)
+        result = run(size, out, workdir, args.redis_dir)
     except Exception:
         keep = True
         log(f"failed; service logs kept in {workdir}")

@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOORS = [f"floor_count_{c}" for c in (10, 50, 500)] + ["floor_fresh_work_count_50"]
 RATIOS = ([f"stale_drain_count_{c}" for c in (10, 50, 500)] + ["fresh_exec_c1", "fresh_exec_c4"]
           + [f"io_latency20ms_c{c}" for c in (1, 2, 4, 8)])
+# appendonly yes, per appendfsync policy: each with the raw floor and the same figure with appendonly no
+AOF = {f"{kind}_aof_{policy}_{suffix}": baseline for policy in ("everysec", "always")
+       for kind, suffix, baseline in (("floor", "count_50", "floor_count_50"),
+                                      ("stale_drain", "count_50", "stale_drain_count_50"),
+                                      ("fresh_exec", "c1", "fresh_exec_c1"))}
 
 
 def _number(x) -> bool:
@@ -40,9 +45,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert isinstance(machine["cpu_count"], int) and machine["cpu_count"] >= 1
     for key in ("python", "redis_server", "redis_py", "hiredis"):
         assert isinstance(machine[key], str) and machine[key], key
+    disk = machine["redis_dir"]  # where the AOF was written, and whether an fsync there costs anything
+    assert isinstance(disk["fstype"], str) and disk["fstype"] != "?", disk
+    assert isinstance(disk["memory_backed"], bool) and _number(disk["fdatasync_us"]["median"]), disk
+    assert "redis dir " in proc.stdout and "cost of appendfsync always vs everysec" in proc.stdout
+    assert not Path(disk["data_dir"]).exists(), "the private Redis's files (the AOF) were left behind"
 
     figures = result["figures"]
-    assert set(FLOORS + RATIOS + ["peak_rss_max"]) <= set(figures)
+    assert set(FLOORS + RATIOS + list(AOF) + ["peak_rss_max"]) <= set(figures)
     for name in FLOORS:
         assert _number(figures[name]["value"]) and figures[name]["value"] > 0, name
     for name in RATIOS:
@@ -56,5 +66,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
         assert f["met"] in (True, False, None), name
     for name in ("fresh_exec_c1", "fresh_exec_c4"):
         assert _number(figures[name]["ratio_to_contract_floor"]), name
+    for name, baseline in AOF.items():
+        f = figures[name]
+        assert _number(f["value"]) and f["value"] > 0, name
+        assert f["floor_value"] == figures["floor_count_50"]["value"], name
+        assert f["ratio"] == pytest.approx(f["value"] / f["floor_value"], rel=1e-2, abs=1e-3), name
+        assert f["baseline"] == baseline and f["baseline_value"] == figures[baseline]["value"], name
+        assert f["ratio_to_baseline"] == pytest.approx(f["value"] / f["baseline_value"], rel=1e-2, abs=1e-3), name
+    for base in ("floor_count_50", "stale_drain_count_50", "fresh_exec_c1"):
+        assert _number(result["persistence"][base]["always_over_everysec"]), base
     assert _number(figures["peak_rss_max"]["value"])
     assert isinstance(result["all_targets_met"], bool)
