@@ -33,6 +33,12 @@ class Metrics:
                                 registry=self.registry)
 
     def start(self, port: int, addr: str = "0.0.0.0") -> None:
+        # Every series exists from the first scrape, at 0: rate() and increase() need a sample before the first
+        # failure or dead letter to count it, or an alert on them misses the start of an incident.
+        for outcome in OUTCOMES:
+            self._intents.labels(**self._labels, outcome=outcome)
+        self._latency.labels(**self._labels)
+        self._in_flight.labels(**self._labels).set(0)
         start_http_server(port, addr=addr, registry=self.registry)
         self.enabled = True
 

@@ -168,6 +168,28 @@ def test_service_exports_what_the_rules_count() -> None:
             "quantum_execution_latency_seconds_bucket"} <= names
 
 
+def test_outcome_series_exist_at_zero_before_the_first_batch() -> None:
+    """rate() needs a sample before the first failure: a series born at its first increment hides that increment,
+    so the first dead letters or venue errors of an incident would not count towards QuantumErrorRateHigh."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from consumer.metrics import OUTCOMES, Metrics
+
+    port = free_port()
+    m = Metrics(INTENTS, GROUP, "probe-2")
+    m.start(port, "127.0.0.1")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {(s.name, s.labels.get("outcome")): s.value
+              for f in text_string_to_metric_families(text) for s in f.samples}
+    for outcome in OUTCOMES:
+        assert values[("quantum_execution_intents_total", outcome)] == 0, outcome
+    assert values[("quantum_execution_in_flight", None)] == 0
+    assert values[("quantum_execution_latency_seconds_count", None)] == 0
+    m.committed(Counter({"executed": 2, "failed": 1}), [0.1, 0.2], 3)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'outcome="failed",stream="quantum:stream:trade.intent"} 1.0' in text
+
+
 @pytest.mark.skipif(EXPORTER is None, reason="prometheus-redis-exporter not installed here (the role installs it on "
                     "the quantum_monitoring hosts; apt-get install prometheus-redis-exporter to run this)")
 def test_exporter_exports_the_names_the_rules_use(tmp_path: Path) -> None:
