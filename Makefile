@@ -4,6 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ACTIVATE := source $(VENV)/bin/activate
 
+## LAB selects the lab that lab-up, lab-down, deploy, ramp and rollback act on:
+##   LAB=single (default)  inventory/lab: one host (qlab1) running Redis, the AI engine and the execution service
+##   LAB=fleet             inventory/lab-fleet: a Redis host, an AI-engine host and two execution hosts on one bridge
+## e.g. `make deploy LAB=fleet`, `make lab-down LAB=fleet`.
+LAB ?= single
+LAB_INVENTORIES := single=inventory/lab fleet=inventory/lab-fleet
+INVENTORY := $(patsubst $(LAB)=%,%,$(filter $(LAB)=%,$(LAB_INVENTORIES)))
+ifeq ($(INVENTORY),)
+$(error LAB=$(LAB) is not a lab: use LAB=single (default) or LAB=fleet)
+endif
+PLAYBOOK := ansible-playbook -i ../$(INVENTORY)
+
 .PHONY: bootstrap test test-unit lint deploy ramp rollback run bench bench-quick lab-up lab-down clean
 
 bootstrap:
@@ -21,25 +33,25 @@ test-unit: bootstrap
 lint: bootstrap
 	$(ACTIVATE) && yamllint -s . && ansible-lint --profile production
 
-## The local lab host (ansible/lab.yml): built if absent (root filesystem cached), reused if running,
-## recovered if half torn down. lab-down removes every trace of it.
+## The local lab hosts of $(LAB) (ansible/lab.yml): built if absent (root filesystem cached), reused if running,
+## booted again with their state if stopped, rebuilt if damaged. lab-down removes every trace of them.
 lab-up: bootstrap
-	$(ACTIVATE) && cd ansible && ansible-playbook lab.yml
+	$(ACTIVATE) && cd ansible && $(PLAYBOOK) lab.yml
 
 lab-down: bootstrap
-	$(ACTIVATE) && cd ansible && ansible-playbook lab_destroy.yml
+	$(ACTIVATE) && cd ansible && $(PLAYBOOK) lab_destroy.yml
 
 ## Deploy to the local lab: lab up, ansible/deploy.yml, then what was deployed and the proof (ansible/status.yml).
 deploy: lab-up
-	$(ACTIVATE) && cd ansible && ansible-playbook deploy.yml && ansible-playbook status.yml
+	$(ACTIVATE) && cd ansible && $(PLAYBOOK) deploy.yml && $(PLAYBOOK) status.yml
 
 ## Ramp the lab to a phase (PHASE=1..5) or show it (PHASE=status): ansible/ramp.yml, gated on measured health.
 ramp: bootstrap
-	$(ACTIVATE) && cd ansible && ansible-playbook ramp.yml -e phase=$(or $(PHASE),status)
+	$(ACTIVATE) && cd ansible && $(PLAYBOOK) ramp.yml -e phase=$(or $(PHASE),status)
 
 ## Roll the lab back: previous release, settings file and drop-ins removed, services restarted, proof.
 rollback: bootstrap
-	$(ACTIVATE) && cd ansible && ansible-playbook rollback.yml
+	$(ACTIVATE) && cd ansible && $(PLAYBOOK) rollback.yml
 
 ## Local demo without the lab: a private redis-server, demo intents from the bridge, the service, the outcome.
 run: bootstrap
