@@ -7,7 +7,8 @@
 The seed's monitoring commands, each one command (all accept --json):
 
     python -m consumer.proof stream         stream health: result stream advancing, intent stream, group present
-    python -m consumer.proof backlog        lag, pending, consumers (pending + idle), drain rate/ETA, dead letters
+    python -m consumer.proof backlog        lag, pending, every consumer of the group (host, pending, idle, live),
+                                            drain rate/ETA, dead letters
     python -m consumer.proof rate           rate limiters: every quantum:rate:* key, count, TTL, next reset
     python -m consumer.proof stale-drops    STALE_INTENT_DROP lines of quantum-execution in the journal (last hour)
     python -m consumer.proof units          systemd state (and CPU over the sample window) of both units
@@ -18,6 +19,8 @@ Exit codes: 0 healthy, 1 unhealthy (reasons on the VERDICT line), 2 Redis unreac
 64 usage error. Health rules: consumer/proof/health.py; error rate and progress: consumer/proof/report.py.
 Reads Redis (REDIS_URL, INTENT_STREAM, RESULT_STREAM, DLQ_STREAM, CONSUMER_GROUP) and systemd; writes only its own
 snapshot (PROOF_STATE_DIR, else /var/lib/quantum/proof when writable, else $XDG_STATE_HOME/quantum/proof).
+A consumer's host is read from the service's default name `<hostname>-<pid>`; it is live when it received entries
+within PROOF_CONSUMER_LIVE_MS (default 15000; Redis 7.0 only resets idle time when a read returns entries).
 """
 
 from __future__ import annotations
