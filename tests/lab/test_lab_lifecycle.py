@@ -1,5 +1,6 @@
-"""The lab playbooks: build (cached root filesystem), reuse when running, recover from a half-torn-down lab, and a
-tear-down that leaves no process, network namespace, veth, mount or directory behind.
+"""The lab playbooks: build (cached root filesystem), reuse when running, boot a stopped host again with its state,
+rebuild one whose root filesystem is damaged (or on request), recover from a leftover namespace, and a tear-down that
+leaves no process, network namespace, veth, mount or directory behind.
 
 Runs on its own lab host (qlt1, 10.213.62.0/30).
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import LabHost, recap, wait_until  # noqa: E402
+from quantum_labkit import LAB_HOSTS, LabHost, recap, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 NAME, IP, GATEWAY = "qlt1", "10.213.62.2", "10.213.62.1"
@@ -71,18 +72,48 @@ def test_second_run_reuses_the_running_host_and_changes_nothing(lab: LabHost) ->
     assert lab.out("cat /proc/sys/kernel/random/boot_id; systemctl show -p ActiveEnterTimestampMonotonic --value init.scope") == boot_id
 
 
-def test_half_torn_down_lab_is_recovered(lab: LabHost) -> None:
-    """systemd-nspawn killed hard: the namespace, the veth and the container's processes stay behind."""
+def kill_nspawn(lab: LabHost) -> int:
     pid = lab.traces()["nspawn_pid"]
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: lab.traces()["nspawn_pid"] is None, 20, what="nspawn gone")
+    return pid
+
+
+def test_half_torn_down_lab_is_recovered(lab: LabHost) -> None:
+    """systemd-nspawn killed hard: the namespace, the veth and the container's processes stay behind. The root
+    filesystem is intact, so the host boots again with its state (what it wrote is still there)."""
+    lab.sh("echo kept > /var/lib/lifecycle-state && sync")
+    pid = kill_nspawn(lab)
     t = lab.traces()
-    assert t["netns"] and t["link"] and t["dir"], f"expected leftovers to recover from: {t}"
+    assert t["netns"] and t["link"] and t["dir"] and t["intact"], f"expected leftovers to recover from: {t}"
     res = lab.up()
     assert "left traces" in " ".join(res.stdout.split())
+    assert "booting it again with its state" in " ".join(res.stdout.split())
     new = lab.traces()
     assert new["nspawn_pid"] and new["nspawn_pid"] != pid
     assert lab.out("systemctl is-system-running") == "running"
+    assert lab.out("cat /var/lib/lifecycle-state") == "kept"
+
+
+def test_stopped_host_with_a_damaged_root_filesystem_is_built_afresh(lab: LabHost) -> None:
+    """No completion marker (e.g. an unpack that was interrupted): nothing of the old tree is trusted."""
+    kill_nspawn(lab)
+    (LAB_HOSTS / NAME / "rootfs.complete").unlink()
+    assert not lab.traces()["intact"]
+    res = lab.up()
+    assert "root filesystem is not intact; clearing them and building it afresh" in " ".join(res.stdout.split())
+    assert lab.sh("test -e /var/lib/lifecycle-state", check=False).returncode == 1
+    assert lab.out("systemctl is-system-running") == "running"
+
+
+def test_rebuild_replaces_a_running_host(lab: LabHost) -> None:
+    lab.sh("echo old > /var/lib/lifecycle-state")
+    pid = lab.traces()["nspawn_pid"]
+    res = lab.playbook("lab.yml", "-e", "quantum_lab_rebuild=true")
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "quantum_lab_rebuild is set" in " ".join(res.stdout.split())
+    assert lab.traces()["nspawn_pid"] != pid
+    assert lab.sh("test -e /var/lib/lifecycle-state", check=False).returncode == 1
 
 
 def test_teardown_leaves_nothing_behind_and_is_repeatable(lab: LabHost) -> None:
