@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server debootstrap systemd-container openssh-client iproute2 tmux python3-venv)
+# prometheus gives the tests promtool (alert rules); prometheus-redis-exporter lets them run the exporter the
+# monitoring role installs, against a private redis-server.
+APT_PACKAGES=(redis-server debootstrap systemd-container openssh-client iproute2 tmux python3-venv prometheus
+             prometheus-redis-exporter)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
