@@ -24,6 +24,10 @@ LAB_KEY = Path("/var/lib/quantum-lab/ssh/id_ed25519")
 LAB_HOSTS = Path("/var/lib/quantum-lab/hosts")
 STATUS_SCRIPT = ANSIBLE / "roles" / "quantum_lab" / "files" / "lab_status.sh"
 ENV_FILE = "/etc/quantum/ai-engine.env"
+SECRETS = Path("/var/lib/quantum-lab/secrets")  # the lab's Redis passwords (inventory/lab/group_vars), control node only
+# Each ACL user's credential file on a host (REDIS_URL with that user), written by the deploy (role quantum_redis).
+REDIS_CREDENTIALS = {"proof": "/etc/quantum/redis-proof.env", "exec": "/etc/quantum/redis-execution.env",
+                     "engine": "/etc/quantum/redis-ai-engine.env"}
 UNITS = ("quantum-ai-engine", "quantum-execution")
 SHIPPED = ("consumer", "schemas", "requirements.txt", "tests")
 
@@ -111,12 +115,13 @@ class LabHost:
 
     # -- on the host -------------------------------------------------------------------------------------------
 
-    def sh(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def sh(self, command: str, check: bool = True, timeout: float = 60,
+           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
             ["ssh", "-i", str(LAB_KEY), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
              "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={LAB_HOSTS / self.name / 'known_hosts'}",
              "-o", "ConnectTimeout=5", f"root@{self.ip}", command],
-            capture_output=True, text=True, timeout=timeout)
+            capture_output=True, text=True, timeout=timeout, input=stdin)
         if check:
             assert res.returncode == 0, f"{command!r} on {self.name}: rc={res.returncode}\n{res.stdout}\n{res.stderr}"
         return res
@@ -152,8 +157,28 @@ class LabHost:
         return self.sh(f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={inv} --grep 'P0.D.5 Config:'",
                        check=False).stdout.strip()
 
+    def redis_cli(self, args: str, user: str | None = "proof", check: bool = True,
+                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """redis-cli on the host as one ACL user ("proof", "exec", "engine", "admin"; None: no login at all).
+
+        Service users log in with the host's own credential file; the admin password (which only the control node
+        knows) travels on stdin into REDISCLI_AUTH. No password is ever on a command line.
+        """
+        if user == "admin":
+            password = (SECRETS / "redis-admin").read_text().strip()
+            cmd = f"read -r REDISCLI_AUTH && export REDISCLI_AUTH && redis-cli --no-auth-warning --user quantum-admin {args}"
+            return self.sh(cmd, check=check, timeout=timeout, stdin=password + "\n")
+        if user is None:
+            return self.sh(f"redis-cli {args}", check=check, timeout=timeout)
+        return self.sh(f'set -a && . {REDIS_CREDENTIALS[user]} && set +a && redis-cli --no-auth-warning -u "$REDIS_URL" '
+                       f"{args}", check=check, timeout=timeout)
+
+    def redis(self, args: str, user: str | None = "proof") -> str:
+        """The output of one redis-cli command as ``user`` (see redis_cli)."""
+        return self.redis_cli(args, user).stdout.strip()
+
     def result_count(self) -> int:
-        return int(self.out("redis-cli XLEN quantum:stream:execution.result"))
+        return int(self.redis("XLEN quantum:stream:execution.result"))
 
     def change_code(self, marker: str) -> None:
         """A code change the release checksum must notice."""

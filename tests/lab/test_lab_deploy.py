@@ -100,8 +100,9 @@ def test_deploy_serves_and_intents_published_through_the_bridge_come_back_as_res
     both_active(lab)
     assert lab.config_line().endswith(DEFAULT_LINE)
     assert lab.out(f"stat -c '%U:%G %a' {ENV_FILE}") == "root:quantum 640"
-    for unit in UNITS:
-        assert lab.unit(unit, "EnvironmentFiles")["EnvironmentFiles"].startswith(ENV_FILE)
+    for unit in UNITS:  # the settings file, then the unit's own Redis credentials (their REDIS_URL wins)
+        files = lab.out(f"systemctl show -p EnvironmentFiles --value {unit}").splitlines()
+        assert files[0].startswith(ENV_FILE) and files[1].startswith(f"/etc/quantum/redis-{unit[len('quantum-'):]}.env")
 
     tag = f"e2e-{int(time.time())}"
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -109,11 +110,11 @@ def test_deploy_serves_and_intents_published_through_the_bridge_come_back_as_res
                         "qty": 0.01, "price": 64000.5, "timestamp": now, "source": "ai-engine", "confidence": 0.9})
             for i in range(5)]
     before = lab.result_count()
-    lab.out("cd /opt/quantum/current && set -a && . /etc/quantum/ai-engine.env && set +a && "
-            f"printf '%s\\n' {' '.join(repr(d) for d in docs)} | venv/bin/python -m consumer.bridge")
+    lab.out("cd /opt/quantum/current && set -a && . /etc/quantum/ai-engine.env && . /etc/quantum/redis-ai-engine.env && "
+            f"set +a && printf '%s\\n' {' '.join(repr(d) for d in docs)} | venv/bin/python -m consumer.bridge")
 
     def ours() -> int:
-        raw = lab.out("redis-cli --raw XREVRANGE quantum:stream:execution.result + - COUNT 2000")
+        raw = lab.redis("--raw XREVRANGE quantum:stream:execution.result + - COUNT 2000")
         return len(set(re.findall(rf"{tag}-\d", raw)))
 
     wait_until(lambda: ours() == 5, 30, what="results for the 5 published intents")
@@ -246,18 +247,19 @@ def test_rollback_after_a_deploy_killed_right_after_the_switch(lab: LabHost) -> 
 
 
 def test_redis_credentials_never_appear_in_play_output_journal_or_proof(lab: LabHost) -> None:
+    """A new password for the proof's ACL user: Redis reloads its users, and the password shows up nowhere but the
+    proof's 0640 credential file (Redis itself keeps only its SHA-256)."""
     secret = f"pw{os.urandom(8).hex()}"
-    lab.out(f"redis-cli CONFIG SET requirepass {secret}")
+    cred = "/etc/quantum/redis-proof.env"
     try:
-        url = f"redis://:{secret}@127.0.0.1:6379/0"
-        res = deploy(lab, "--diff", "-e", json.dumps({"quantum_env_redis_url": url}))
+        res = deploy(lab, "--diff", "-e", json.dumps({"quantum_redis_password_proof": secret}))
         ok(res)
         assert secret not in res.stdout + res.stderr
-        # --diff would show the settings file's new REDIS_URL line; the task is no_log, so no diff is printed.
+        # --diff would show the credential file's new REDIS_URL line; the task is no_log, so no diff is printed.
         assert "REDIS_URL=" not in res.stdout
-        assert "TASK [quantum_env : Write the service settings]" in res.stdout
-        assert lab.out(f"grep -c {secret} {ENV_FILE}") == "1"  # in the 0640 file, and only there
-        assert lab.out(f"stat -c '%U:%G %a' {ENV_FILE}") == "root:quantum 640"
+        assert "TASK [quantum_redis : Write the credential file of each client on this host]" in res.stdout
+        assert lab.out(f"grep -rlF {secret} /etc /opt/quantum /var/lib/quantum || true") == cred  # only there
+        assert lab.out(f"stat -c '%U:%G %a' {cred}") == "root:quantum 640"
         journal = lab.out("journalctl --no-pager -o cat --since '-15min'")
         assert secret not in journal
         proof = lab.sh("/opt/quantum/ops/proof_pipeline.sh --once", check=False, timeout=90)
@@ -265,6 +267,6 @@ def test_redis_credentials_never_appear_in_play_output_journal_or_proof(lab: Lab
         assert secret not in proof.stdout + proof.stderr
         assert "127.0.0.1:6379" in proof.stdout  # the proof shows where it connected, redacted
     finally:
-        lab.sh(f"redis-cli -a {secret} --no-auth-warning CONFIG SET requirepass ''", check=False)
         ok(deploy(lab))
+    assert lab.redis("PING") == "PONG"  # the lab's own proof password is back
     assert lab.config_line().endswith(DEFAULT_LINE)
