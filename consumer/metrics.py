@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client import Counter as PromCounter
 
 OUTCOMES = ("executed", "stale", "invalid", "duplicate", "failed", "dead_lettered", "reclaimed", "reconciled")
@@ -31,6 +31,9 @@ class Metrics:
                                   registry=self.registry)
         self._in_flight = Gauge("quantum_execution_in_flight", "Intents held unacknowledged by this consumer", names,
                                 registry=self.registry)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: the ramp's CPU gate and the dashboard read
+        # the service's own CPU from Prometheus as the proof reads it from /proc.
+        ProcessCollector(registry=self.registry)
 
     def start(self, port: int, addr: str = "0.0.0.0") -> None:
         # Every series exists from the first scrape, at 0: rate() and increase() need a sample before the first

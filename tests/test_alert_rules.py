@@ -165,7 +165,8 @@ def test_metric_name_extraction() -> None:
 def test_service_exports_what_the_rules_count() -> None:
     names = service_metric_names()
     assert {"quantum_execution_intents_total", "quantum_execution_in_flight",
-            "quantum_execution_latency_seconds_bucket"} <= names
+            "quantum_execution_latency_seconds_bucket", "process_cpu_seconds_total",
+            "process_resident_memory_bytes"} <= names
 
 
 def test_outcome_series_exist_at_zero_before_the_first_batch() -> None:

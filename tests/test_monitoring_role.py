@@ -272,6 +272,8 @@ def test_rendered_role_runs_prometheus_scraping_every_target_and_firing_an_alert
         assert {s["metric"]["host"] for s in executed} == {"qfx-a", "qfx-b"}
         assert {(s["metric"]["stream"], s["metric"]["group"]) for s in executed} == {(INTENTS, GROUP)}
         assert {s["metric"]["consumer"] for s in executed} == {"qfx-a-1", "qfx-b-1"}
+        cpu = query('process_cpu_seconds_total{job="quantum_execution"}')
+        assert {s["metric"]["host"] for s in cpu} == {"qfx-a", "qfx-b"} and all(float(s["value"][1]) > 0 for s in cpu)
         consumers = wait_until(lambda: query(f'redis_stream_group_consumer_idle_seconds{{stream="{INTENTS}"}}'), 20,
                                0.5, "consumer metrics from the exporter")
         assert {s["metric"]["consumer"] for s in consumers} == {"qfx-a-1", "qfx-b-1"}
