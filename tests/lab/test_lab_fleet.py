@@ -1,5 +1,5 @@
 """The fleet lab: several lab hosts on one private bridge and subnet reach each other and the control node and nothing
-else; a host stopped hard boots again with its state; a partition cuts one host off and heals; a bad fleet inventory
+else, each in a cgroup of its own; a host stopped hard boots again with its state; a partition cuts one host off and heals; a bad fleet inventory
 fails before anything is built; the tear-down leaves no namespace, veth, bridge, mount, process or directory.
 
 Runs on its own fleet: qtf-r, qtf-x1, qtf-x2 on 10.213.71.0/24, bridge qtfbr0 (and qtf-b1/qtf-b2, never built).
@@ -41,6 +41,7 @@ def reaches(src: FleetHost, ip: str, port: int = 22) -> bool:
 def nothing_left(name: str) -> None:
     t = lab_traces(name, BRIDGE)
     assert t["nspawn_pid"] is None and not t["netns"] and not t["link"] and not t["mounts"] and not t["dir"], t
+    assert not t["cgroups"], t
     assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     assert subprocess.run(["ip", "link", "show", f"vq-{name}"[:15]], capture_output=True).returncode != 0
     mounts = Path("/proc/self/mountinfo").read_text()
@@ -60,6 +61,12 @@ def test_fleet_comes_up_on_one_bridge_with_no_route_out(fleet: Fleet) -> None:
         # One connected subnet and no default route: nothing but the bridge's subnet is reachable.
         assert host.out("ip -4 route") == f"10.213.71.0/24 dev eth0 proto kernel scope link src {host.ip}"
         assert host.sh("ip route get 192.0.2.2", check=False).returncode != 0
+    for name in NAMES:  # every process of a host lives in the host's own cgroup, never in one shared with another host
+        pids = lab_traces(name, BRIDGE)["netns_pids"]
+        assert pids
+        for pid in pids:
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+            assert f"::/quantum-lab/{name}/" in cgroup, (name, pid, cgroup)
     ports = set(lab_traces(NAMES[0], BRIDGE)["bridge_ports"])
     assert ports == {f"vq-{n}" for n in NAMES}, ports
     addrs = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", BRIDGE], capture_output=True, text=True).stdout
@@ -133,7 +140,7 @@ def test_a_bad_fleet_inventory_fails_before_anything_is_built(tmp_path: Path) ->
     res = bad.playbook("lab.yml")
     assert res.returncode != 0
     assert "The lab hosts of this play clash" in " ".join(res.stdout.split())
-    outside = Fleet(tmp_path / "o", ["qtf-b1"], SUBNET, BRIDGE, host_vars={"qtf-b1": {"ansible_host": "10.213.72.11"}})
+    outside = Fleet(tmp_path / "o", ["qtf-b1"], SUBNET, BRIDGE, host_vars={"qtf-b1": {"ansible_host": "10.213.79.11"}})
     res = outside.playbook("lab.yml")
     assert res.returncode != 0
     assert "must be two different host addresses of one /24" in " ".join(res.stdout.split())
