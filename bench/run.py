@@ -150,6 +150,14 @@ def fdatasync_us(directory: Path, n: int = 200) -> dict[str, float]:
     return {"median": round(1e6 * times[n // 2], 1), "p90": round(1e6 * times[n * 9 // 10], 1)}
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (a smoke test's timeout), so no
+    redis-server is left running on its own."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 class RedisServer:
     """A private redis-server on a free loopback port; persistence off until ``set_persistence`` turns the AOF on.
 
@@ -171,7 +179,7 @@ class RedisServer:
              "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes",
              # no automatic AOF rewrite: a fork + rewrite in the middle of a timed run would measure the rewrite
              "--auto-aof-rewrite-percentage", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         client = self.client()
         deadline = time.monotonic() + 10
         while True:
