@@ -68,6 +68,7 @@ class Service:
 
     @property
     def held(self) -> int:
+        """Claimed intents waiting for a rate-limit token or at the venue: what the backpressure bound counts."""
         return self.venue.held
 
     def run(self) -> int:
