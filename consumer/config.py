@@ -69,20 +69,29 @@ def _str(env: Mapping[str, str], name: str, default: str, pattern_ok=lambda s: T
     return value
 
 
+def default_consumer() -> str:
+    """``<hostname>-<pid>``: unique per process, and the proof reads the host back from it."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _key_ok(s: str) -> bool:
     return 0 < len(s) <= 200 and all(c.isprintable() and not c.isspace() for c in s)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Effective settings of one service process."""
+    """Effective settings of one service process.
+
+    Each field's default is written here and nowhere else: ``from_env`` falls back to the class attribute, and tests
+    take stream, group and key names from it (``Config.intent_stream``) instead of copying them.
+    """
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     intent_stream: str = "quantum:stream:trade.intent"
     result_stream: str = "quantum:stream:execution.result"
     dlq_stream: str = "quantum:stream:trade.intent.dlq"
     group: str = "quantum-execution"
-    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    consumer: str = field(default_factory=default_consumer)
     intent_max_age_sec: int = 600
     xreadgroup_count: int = 10
     exec_concurrency: int = 1
@@ -120,30 +129,31 @@ class Config:
             result_stream=_str(e, "RESULT_STREAM", cls.result_stream, _key_ok, "a Redis key without spaces"),
             dlq_stream=_str(e, "DLQ_STREAM", cls.dlq_stream, _key_ok, "a Redis key without spaces"),
             group=_str(e, "CONSUMER_GROUP", cls.group, _key_ok, "a group name without spaces"),
-            consumer=_str(e, "CONSUMER_NAME", f"{socket.gethostname()}-{os.getpid()}", _key_ok,
+            consumer=_str(e, "CONSUMER_NAME", default_consumer(), _key_ok,
                           "a consumer name without spaces"),
-            intent_max_age_sec=_int(e, "INTENT_MAX_AGE_SEC", 600, 1, 7 * 24 * 3600),
-            xreadgroup_count=_int(e, "XREADGROUP_COUNT", 10, 1, 1000),
-            exec_concurrency=_int(e, "EXEC_CONCURRENCY", 1, 1, 64),
-            pipeline_diag=_bool(e, "PIPELINE_DIAG", False),
-            block_ms=_int(e, "XREADGROUP_BLOCK_MS", 1000, 10, 10_000),
-            claim_idle_ms=_int(e, "CLAIM_IDLE_MS", 60_000, 1000, 24 * 3600 * 1000),
-            max_deliveries=_int(e, "MAX_DELIVERIES", 5, 1, 100),
-            max_payload_bytes=_int(e, "MAX_PAYLOAD_BYTES", 16_384, 256, 1_048_576),
-            clock_skew_sec=_int(e, "INTENT_CLOCK_SKEW_SEC", 30, 0, 3600),
-            idempotency_ttl_sec=_int(e, "IDEMPOTENCY_TTL_SEC", 7 * 24 * 3600, 60, 365 * 24 * 3600),
-            rate_limit_max=_int(e, "RATE_LIMIT_MAX", 50, 1, 10_000_000),
-            rate_limit_window_sec=_int(e, "RATE_LIMIT_WINDOW_SEC", 1, 1, 3600),
-            shutdown_timeout_sec=_int(e, "SHUTDOWN_TIMEOUT_SEC", 20, 1, 600),
-            stale_log_interval_sec=float(_int(e, "STALE_LOG_INTERVAL_SEC", 30, 1, 3600)),
-            executor=_str(e, "EXECUTOR", "paper", lambda s: s.replace("_", "").replace(".", "").replace(":", "").isalnum(),
+            intent_max_age_sec=_int(e, "INTENT_MAX_AGE_SEC", cls.intent_max_age_sec, 1, 7 * 24 * 3600),
+            xreadgroup_count=_int(e, "XREADGROUP_COUNT", cls.xreadgroup_count, 1, 1000),
+            exec_concurrency=_int(e, "EXEC_CONCURRENCY", cls.exec_concurrency, 1, 64),
+            pipeline_diag=_bool(e, "PIPELINE_DIAG", cls.pipeline_diag),
+            block_ms=_int(e, "XREADGROUP_BLOCK_MS", cls.block_ms, 10, 10_000),
+            claim_idle_ms=_int(e, "CLAIM_IDLE_MS", cls.claim_idle_ms, 1000, 24 * 3600 * 1000),
+            max_deliveries=_int(e, "MAX_DELIVERIES", cls.max_deliveries, 1, 100),
+            max_payload_bytes=_int(e, "MAX_PAYLOAD_BYTES", cls.max_payload_bytes, 256, 1_048_576),
+            clock_skew_sec=_int(e, "INTENT_CLOCK_SKEW_SEC", cls.clock_skew_sec, 0, 3600),
+            idempotency_ttl_sec=_int(e, "IDEMPOTENCY_TTL_SEC", cls.idempotency_ttl_sec, 60, 365 * 24 * 3600),
+            rate_limit_max=_int(e, "RATE_LIMIT_MAX", cls.rate_limit_max, 1, 10_000_000),
+            rate_limit_window_sec=_int(e, "RATE_LIMIT_WINDOW_SEC", cls.rate_limit_window_sec, 1, 3600),
+            shutdown_timeout_sec=_int(e, "SHUTDOWN_TIMEOUT_SEC", cls.shutdown_timeout_sec, 1, 600),
+            stale_log_interval_sec=float(_int(e, "STALE_LOG_INTERVAL_SEC", int(cls.stale_log_interval_sec), 1,
+                                              3600)),
+            executor=_str(e, "EXECUTOR", cls.executor, lambda s: s.replace("_", "").replace(".", "").replace(":", "").isalnum(),
                           "an executor name such as 'paper' or 'package.module:Class'"),
-            paper_latency_ms=_int(e, "PAPER_LATENCY_MS", 0, 0, 60_000),
-            paper_fail_rate=_float(e, "PAPER_FAIL_RATE", 0.0, 0.0, 1.0),
-            schema_dir=Path(_str(e, "SCHEMA_DIR", str(DEFAULT_SCHEMA_DIR))),
-            stream_maxlen=_int(e, "RESULT_STREAM_MAXLEN", 1_000_000, 1000, 1_000_000_000),
-            metrics_port=_int(e, "METRICS_PORT", 0, 0, 65535),
-            metrics_addr=_str(e, "METRICS_ADDR", "127.0.0.1", lambda s: all(c.isalnum() or c in ".:" for c in s),
+            paper_latency_ms=_int(e, "PAPER_LATENCY_MS", cls.paper_latency_ms, 0, 60_000),
+            paper_fail_rate=_float(e, "PAPER_FAIL_RATE", cls.paper_fail_rate, 0.0, 1.0),
+            schema_dir=Path(_str(e, "SCHEMA_DIR", str(cls.schema_dir))),
+            stream_maxlen=_int(e, "RESULT_STREAM_MAXLEN", cls.stream_maxlen, 1000, 1_000_000_000),
+            metrics_port=_int(e, "METRICS_PORT", cls.metrics_port, 0, 65535),
+            metrics_addr=_str(e, "METRICS_ADDR", cls.metrics_addr, lambda s: all(c.isalnum() or c in ".:" for c in s),
                               "an IP address to listen on"),
         )
         cfg.check()

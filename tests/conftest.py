@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from support import RedisServer, ServiceProcess  # noqa: E402
+from support import RedisServer, ServiceProcess
 
 
 @pytest.fixture(scope="session")

@@ -18,13 +18,18 @@ from typing import Any, Callable
 
 import redis
 
+from consumer.config import Config
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-INTENTS = "quantum:stream:trade.intent"
-RESULTS = "quantum:stream:execution.result"
-DLQ = "quantum:stream:trade.intent.dlq"
-GROUP = "quantum-execution"
-STATS = "quantum:stats:execution"
+# The service's default names, from the one place they are written.
+INTENTS = Config.intent_stream
+RESULTS = Config.result_stream
+DLQ = Config.dlq_stream
+GROUP = Config.group
+STATS = Config.stats_key
+IDEM_PREFIX = Config.idem_prefix
+RATE_PREFIX = Config.rate_prefix
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -59,3 +60,45 @@ def test_start_prints_exactly_one_config_line_with_effective_values(redis_url):
     assert lines == ["INFO P0.D.5 Config: INTENT_MAX_AGE_SEC=300, XREADGROUP_COUNT=30, EXEC_CONCURRENCY=2"]
     # a quiet log at the default settings: the config line, then the stop line, nothing else
     assert len(svc.log().strip().splitlines()) == 2, svc.log()
+
+
+class _Recording(dict):
+    """An environment that remembers every variable name asked for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def readme_defaults() -> dict[str, str]:
+    """``variable -> default`` from the README's variable table (rows naming several split on `` / ``)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("| variable | default | allowed | meaning |", 1)[1].split("\n\n", 1)[0]
+    found: dict[str, str] = {}
+    for row in table.strip().splitlines()[1:]:
+        names, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        names_list = [n.strip(" `") for n in re.split(r" / |, ", names)]
+        defaults = [d.strip(" `") for d in default.split(" / ")]
+        if len(defaults) == len(names_list):
+            found.update({n: re.sub(r" \(.*\)$", "", d) for n, d in zip(names_list, defaults)})
+        else:  # names whose default is described in words (see docs/contract.md)
+            found.update({n: "" for n in names_list})
+    return found
+
+
+def test_the_readme_table_lists_every_variable_with_its_true_default():
+    documented = readme_defaults()
+    env = _Recording()
+    defaults = Config.from_env(env)
+    assert set(documented) == env.asked, "the README table and Config.from_env must name the same variables"
+    for name, text in documented.items():
+        if not text or name == "SCHEMA_DIR":
+            continue
+        assert Config.from_env({name: text, "CONSUMER_NAME": defaults.consumer}) == defaults, (name, text)
+    contract = (ROOT / "docs" / "contract.md").read_text()  # where the table sends readers for the names
+    for name in (defaults.intent_stream, defaults.result_stream, defaults.dlq_stream, defaults.group):
+        assert f"`{name}`" in contract, name

@@ -23,12 +23,10 @@ from typing import Iterator
 import pytest
 import redis
 from jsonschema import Draft202012Validator
-from support import ServiceProcess, free_port, wait_until
+from support import DLQ, GROUP, INTENTS, RESULTS, STATS, ServiceProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "schemas" / "proof_report.schema.json").read_text())
-INTENTS, RESULTS, DLQ = "quantum:stream:trade.intent", "quantum:stream:execution.result", "quantum:stream:trade.intent.dlq"
-GROUP, STATS = "quantum-execution", "quantum:stats:execution"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from consumer.validation import SchemaValidator, load_schema
-from support import (GROUP, INTENTS, ROOT, dead_letters, drained, intent, pending, results, stats,
+from support import (GROUP, IDEM_PREFIX, INTENTS, ROOT, dead_letters, drained, intent, pending, results, stats,
                      wait_until, xadd)
 
 RESULT_SCHEMA = SchemaValidator(load_schema(ROOT / "schemas" / "execution_result.schema.json"))
@@ -208,7 +208,7 @@ def test_crash_after_execution_is_reconciled_not_executed_again(r, service_facto
     lost_entry = xadd(r, intent(2))
     r.xreadgroup(GROUP, "dead-consumer", {INTENTS: ">"}, count=2)
     for n, entry in ((1, done_entry), (2, lost_entry)):
-        r.set(f"quantum:idem:test-{n:08d}", f"claimed|{entry.decode()}|dead-consumer")
+        r.set(f"{IDEM_PREFIX}test-{n:08d}", f"claimed|{entry.decode()}|dead-consumer")
     venue = {"status": "FILLED", "filled_qty": 0.5, "avg_price": 64000.5, "venue_order_id": "paper-test-00000001",
              "error": None}
     r.set("quantum:paper:order:test-00000001", json.dumps(venue))  # the venue filled #1; #2 never reached it
