@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quantum_labkit import ANSIBLE, Fleet, FleetHost, wait_until  # noqa: E402
 from support import intent  # noqa: E402
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SUBNET, BRIDGE = "10.213.72.0/24", "qtrbr0"
 REDIS, ENGINE, X1, X2 = "qtr-r", "qtr-a", "qtr-x1", "qtr-x2"
@@ -45,16 +46,19 @@ SECRETS = Path("/var/lib/quantum-lab/secrets")
 EXCLUSIVE = [["quantum_redis", "quantum_execution"], ["quantum_redis", "quantum_ai_engine"]]
 EXTRA = {"CLAIM_IDLE_MS": "5000"}
 # The lab's stale and backlog probes publish intents of their own and need seconds per host; these tests account for
-# every intent of their windows themselves, so the probes are left to the single-host tests.
-QUANTUM_VARS = {"quantum_preflight_exclusive_groups": EXCLUSIVE, "quantum_env_extra": EXTRA,
-                "quantum_proof_stale_probe": False, "quantum_proof_backlog_probe": False}
+# every intent of their windows themselves, so the probes are left to the single-host tests. Host variables: the
+# lab's group_vars/quantum (which switch them on) take precedence over group variables of the inventory file.
+PROBES_OFF = {"quantum_proof_stale_probe": False, "quantum_proof_backlog_probe": False}
+QUANTUM_VARS = {"quantum_preflight_exclusive_groups": EXCLUSIVE, "quantum_env_extra": EXTRA}
+INTENT_MAX_AGE_SEC = 600
 LIVE_MS = 3000  # a consumer that received entries this recently is serving
 STATE: dict[str, Any] = {}  # release ids seen so far, shared by the ordered tests
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory):
-    f = Fleet(tmp_path_factory.mktemp("fleet"), "qtr", SUBNET, BRIDGE, quantum_vars=QUANTUM_VARS)
+    f = Fleet(tmp_path_factory.mktemp("fleet"), "qtr", SUBNET, BRIDGE, quantum_vars=QUANTUM_VARS,
+              host_vars={n: dict(PROBES_OFF) for n in (REDIS, ENGINE, X1, X2)})
     f.down()
     f.up()
     yield f
@@ -63,7 +67,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
 
 def deploy(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
-    res = fleet.playbook("deploy.yml", *args)
+    res = fleet.playbook("deploy.yml", *args, timeout=2400)  # a serial roll of four hosts on a loaded 2-core box
     print(f"deploy.yml {' '.join(args)}: rc={res.returncode} in {time.monotonic() - started:.1f}s")
     return res
 
@@ -155,17 +159,32 @@ class Traffic(threading.Thread):
         self.join(timeout=30)
 
 
+def stale_on_arrival(entry_id: str, payload: dict[str, Any]) -> bool:
+    """An intent already older than INTENT_MAX_AGE_SEC when it was added: acked as stale, with no outcome record."""
+    try:
+        ts = datetime.fromisoformat(str(payload["timestamp"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return False
+    return id_tuple(entry_id)[0] / 1000 - ts > INTENT_MAX_AGE_SEC
+
+
 def outcomes_of(r: redis.Redis, first_id: str, last_id: str) -> dict[str, int]:
-    """For every intent added after first_id up to last_id: how many results and dead letters it ended with."""
+    """For every intent added after first_id up to last_id: how many results and dead letters it ended with.
+
+    Intents stale on arrival (e.g. a stale probe's) are left out: the service drops them by design, without a record.
+    """
     entries = r.xrange(INTENTS, f"({first_id}", last_id)
     by_result = Counter(json.loads(f["payload"]).get("intent_id") for _, f in r.xrange(RESULTS, f"({first_id}", "+"))
     by_dlq = Counter(f.get("source_id") for _, f in r.xrange(DLQ, f"({first_id}", "+"))
     out = {}
     for eid, fields in entries:
         try:
-            iid = json.loads(fields["payload"]).get("intent_id")
+            doc = json.loads(fields["payload"])
+            iid = doc.get("intent_id")
         except (ValueError, AttributeError):
-            iid = None
+            doc, iid = {}, None
+        if isinstance(doc, dict) and stale_on_arrival(eid, doc):
+            continue
         out[iid or eid] = by_result.get(iid, 0) + by_dlq.get(eid, 0)
     return out
 
@@ -254,8 +273,8 @@ def test_rolling_deploy_under_traffic_loses_nothing_and_doubles_nothing(fleet: F
     outcomes = outcomes_of(r, first_id, last_id)
     print(f"window: {len(outcomes)} intents ({traffic.sent} from the test), {len(traffic.samples)} group samples")
     assert len(outcomes) > 50, "the window saw too little traffic to prove anything"
-    assert [k for k, v in outcomes.items() if v == 0] == [], "intents lost"
-    assert [k for k, v in outcomes.items() if v > 1] == [], "intents with two outcomes"
+    lost, twice = [k for k, v in outcomes.items() if v == 0], [k for k, v in outcomes.items() if v > 1]
+    assert (lost, twice) == ([], []), f"{len(lost)} lost: {lost[:10]}; {len(twice)} with two outcomes: {twice[:10]}"
     assert r.hlen(DUPLICATES) == 0, f"orders sent to the venue twice: {r.hgetall(DUPLICATES)}"
     # The group always had a consumer that received entries within LIVE_MS.
     assert traffic.errors == [], traffic.errors[:3]
@@ -273,14 +292,14 @@ def test_rolling_deploy_under_traffic_loses_nothing_and_doubles_nothing(fleet: F
 
 
 def test_a_failing_second_batch_is_rolled_back_and_stops_the_roll(fleet: Fleet) -> None:
-    fleet.host_vars[X2] = {"quantum_env_extra": {**EXTRA, "EXECUTOR": "no_such_module:Venue"}}
+    fleet.host_vars[X2] = {**PROBES_OFF, "quantum_env_extra": {**EXTRA, "EXECUTOR": "no_such_module:Venue"}}
     fleet.write_inventory()
     fleet.change_code("third release, the second batch cannot start it")
     time.sleep(1)
     try:
         res = deploy(fleet)
     finally:
-        fleet.host_vars.pop(X2)
+        fleet.host_vars[X2] = dict(PROBES_OFF)
         fleet.write_inventory()
     out = flat(res.stdout)
     assert res.returncode != 0
@@ -315,7 +334,7 @@ def test_an_unreachable_execution_host_stops_the_roll_before_later_batches(fleet
             if not partitioned and line.startswith("PLAY [Roll the execution hosts]"):
                 fleet.partition(X1)
                 partitioned = True
-        rc = proc.wait(timeout=600)
+        rc = proc.wait(timeout=2400)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
