@@ -88,7 +88,7 @@ def test_first_deploy_takes_over_a_redis_without_acl_and_keeps_its_data(lab: Lab
 
 def test_redis_runs_durable_non_evicting_protected_and_on_loopback_only(lab: LabHost) -> None:
     assert config(lab, "appendonly") == "yes"
-    assert config(lab, "appendfsync") == "everysec"
+    assert config(lab, "appendfsync") == "always"
     assert config(lab, "maxmemory-policy") == "noeviction"
     assert int(config(lab, "maxmemory")) > 0
     assert config(lab, "protected-mode") == "yes"
