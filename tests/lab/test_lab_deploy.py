@@ -167,8 +167,9 @@ def test_rollback_restores_the_previous_release_without_settings(lab: LabHost) -
     assert lab.current() == STATE["r1"]
     assert lab.sh(f"test -e {ENV_FILE}", check=False).returncode != 0
     assert lab.out("ls /etc/systemd/system/quantum-*.service.d/ | grep -c p0d5 || true") == "0"
-    for unit in UNITS:
-        assert lab.unit(unit, "EnvironmentFiles").get("EnvironmentFiles", "") == ""  # systemctl omits empty values
+    for unit in UNITS:  # only the unit's own Redis credentials are left: they belong to Redis, not to a release
+        files = lab.out(f"systemctl show -p EnvironmentFiles --value {unit}").splitlines()
+        assert [f.split()[0] for f in files] == [f"/etc/quantum/redis-{unit[len('quantum-'):]}.env"], files
     both_active(lab)
     cwd = lab.out("readlink /proc/$(systemctl show -p MainPID --value quantum-execution)/cwd")
     assert cwd == f"/opt/quantum/releases/{STATE['r1']}"
