@@ -23,7 +23,7 @@ bootstrap:
 
 ## The whole suite: lint, unit/integration tests against a real redis-server, the lab and molecule, bench smoke.
 test: bootstrap
-	$(ACTIVATE) && python -m pytest -q tests
+	$(ACTIVATE) && scripts/test.sh
 
 ## Only the tests that need no lab host (fast loop while developing).
 test-unit: bootstrap

@@ -26,18 +26,30 @@ ls -1t "$build"/tree-*.tar | tail -n +21 | xargs -r rm -f
 pyver=$("$python" -c 'import platform; print(platform.python_version())')
 req_sum=$(cat requirements.txt - <<<"$pyver $pip_args" | sha256sum | cut -d' ' -f1)
 wheelhouse="$build/wheelhouse-$req_sum"
+# Several deploys may package at once (the lab tests run in parallel): everything shared is built in a private
+# directory and renamed into place complete, so nobody ever reads or deletes a half-built one.
 if [ ! -f "$wheelhouse/.complete" ]; then
-  rm -rf "$wheelhouse"
+  staging=$(mktemp -d "$build/wheelhouse.XXXXXX")
+  trap 'rm -f "$tmp"; rm -rf "$staging"' EXIT
   pip=("$python" -m pip)
   if ! "$python" -m pip --version >/dev/null 2>&1; then
     # No pip for this interpreter (python3-pip not installed): a throwaway venv brings its own (python3-venv).
-    [ -x "$build/pip-venv/bin/pip" ] || "$python" -m venv "$build/pip-venv" >&2
-    pip=("$build/pip-venv/bin/python" -m pip)
+    if [ ! -x "$build/pip-venv/bin/pip" ]; then
+      venv=$(mktemp -d "$build/pip-venv.XXXXXX")
+      "$python" -m venv "$venv" >&2
+      # The venv's scripts name their own directory: it is used from where it was made if another won the race.
+      mv -T "$venv" "$build/pip-venv" 2>/dev/null || pip=("$venv/bin/python" -m pip)
+    fi
+    [ "${pip[0]}" = "$python" ] && pip=("$build/pip-venv/bin/python" -m pip)
   fi
   # shellcheck disable=SC2086
   "${pip[@]}" download --quiet --disable-pip-version-check --only-binary=:all: $pip_args \
-    -r requirements.txt -d "$wheelhouse" >&2
-  touch "$wheelhouse/.complete"
+    -r requirements.txt -d "$staging" >&2
+  touch "$staging/.complete"
+  if [ -e "$wheelhouse" ] && [ ! -f "$wheelhouse/.complete" ]; then
+    rm -rf "$wheelhouse"  # left half-built by an older version of this script
+  fi
+  mv -T "$staging" "$wheelhouse" 2>/dev/null || true  # another deploy got there first with the same wheels
 fi
 commit=unknown dirty=0
 if commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null); then
