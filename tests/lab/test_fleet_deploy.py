@@ -345,8 +345,10 @@ def test_an_unreachable_execution_host_stops_the_roll_before_later_batches(fleet
     assert partitioned, out[-3000:]
     assert rc != 0
     assert f"fatal: [{X1}]: UNREACHABLE!" in "".join(lines), out[-4000:]
-    assert f"ROLL STOPPED before {X2}: {X1} did not finish" in out, out[-4000:]
-    assert f"ROLLING {X2}" not in out
+    # The canary is alone in its batch: once it is unreachable no host is left in the play and ansible-playbook ends
+    # the run there; with other hosts in its batch, the check before the next batch prints "ROLL STOPPED before ...".
+    # Either way the next batch never starts:
+    assert f"ROLLING {X2}" not in out, out[-4000:]
     assert fleet[X2].fingerprint() == before_x2, "a host after the unreachable one was touched"
     assert fleet[X2].current() == STATE["r2"]
     # Healed, the next deploy finishes the roll: every host serves the same tree (the AI engine kept the release
