@@ -14,6 +14,8 @@ The seed's monitoring commands, each one command (all accept --json):
     python -m consumer.proof units          systemd state (and CPU over the sample window) of both units
     python -m consumer.proof observe        sample over --window and decide healthy/unhealthy/hold (the ramp's gate;
                                             exit 0/1/3, rules in consumer/proof/observe.py)
+    python -m consumer.proof plan           the ramp's next step from the phase table, state, settings file and an
+                                            observation (--json; rules in consumer/proof/plan.py)
 
 Exit codes: 0 healthy, 1 unhealthy (reasons on the VERDICT line), 2 Redis unreachable (one line on stderr),
 64 usage error. Health rules: consumer/proof/health.py; error rate and progress: consumer/proof/report.py.
@@ -36,6 +38,7 @@ from typing import Any, Sequence
 from .config import ProofSettings, UsageError
 from .gather import RedisUnreachable, gather, open_redis
 from .observe import Thresholds, exit_code, observe
+from .plan import main as plan_main
 from .render import SECTIONS, header, render
 from .systemd import count_stale_lines, journal_stale_drops
 from .watch import watch
@@ -43,7 +46,7 @@ from .watch import watch
 log = logging.getLogger("consumer.proof")
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2, 64
-COMMANDS = ("stream", "backlog", "rate", "stale-drops", "units", "observe")
+COMMANDS = ("stream", "backlog", "rate", "stale-drops", "units", "observe", "plan")
 # Which checks decide a subcommand's exit code, and which report keys its --json carries.
 SECTION_CHECKS = {"stream": ("group", "progress"), "backlog": ("group", "progress"), "rate": (), "units": ("units",)}
 SECTION_KEYS = {
@@ -85,11 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--window", type=float, default=30.0, help="observation window in seconds (default 30)")
     o.add_argument("--warmup", type=float, default=0.0, help="seconds to wait before the first sample")
     o.add_argument("--cpu-unit", default="quantum-execution", help="unit whose CPU is judged")
-    o.add_argument("--cpu-max", type=float, default=80.0, help="CPU limit, percent of one core (default 80)")
-    o.add_argument("--lag-growth-min", type=int, default=20, help="backlog growth that may count as increasing")
-    o.add_argument("--lag-slope-max", type=float, default=0.5, help="backlog slope (entries/s) that may count")
-    o.add_argument("--failure-limit", type=int, default=1, help="failing samples tolerated per rule (default 1)")
-    o.add_argument("--error-min-consumed", type=int, default=20, help="consumed entries needed to judge errors")
+    o.add_argument("--cpu-max", type=float, default=Thresholds.cpu_max,
+                    help="CPU limit, percent of one core (default 80)")
+    o.add_argument("--lag-growth-min", type=int, default=Thresholds.lag_growth_min,
+                    help="backlog growth that may count as increasing")
+    o.add_argument("--lag-slope-max", type=float, default=Thresholds.lag_slope_max,
+                    help="backlog slope (entries/s) that may count")
+    o.add_argument("--failure-limit", type=int, default=Thresholds.failure_limit,
+                    help="failing samples tolerated per rule (default 1)")
+    o.add_argument("--error-min-consumed", type=int, default=Thresholds.error_min_consumed,
+                    help="consumed entries needed to judge errors")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -180,6 +188,8 @@ def run_observe(settings: ProofSettings, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else None
+    if command == "plan":  # the ramp's decisions: reads files, never Redis (consumer/proof/plan.py)
+        return plan_main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), stream=sys.stderr,
                         format="proof: %(levelname)s %(name)s: %(message)s")
