@@ -431,14 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m consumer.proof plan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, exit_on_error=False)
     p.add_argument("--target", required=True, help="phase number or 'status'")
-    p.add_argument("--force", action="store_true", help="allow skipping phases upwards")
+    p.add_argument("--force", nargs="?", const="true", default="false", choices=("true", "false"),
+                   help="allow skipping phases upwards (--force, or --force true|false)")
     p.add_argument("--phases", help="phase table: JSON file ({\"1\": {xreadgroup_count, exec_concurrency}, ...})")
     p.add_argument("--state", help="the ramp state file (missing: no state)")
     p.add_argument("--env-file", help="the settings file holding XREADGROUP_COUNT= and EXEC_CONCURRENCY=")
     p.add_argument("--observation", help="`proof observe --json` output (or the command's registered result)")
     p.add_argument("--inputs", help="one JSON document with any of: phases, state, settings (text), observation "
                                     "('-' = stdin; its keys win over the files)")
-    p.add_argument("--purpose", choices=PURPOSES, default="gate", help="what the observation is (default gate)")
+    p.add_argument("--purpose", choices=("start", *PURPOSES), default="gate",
+                   help="what the observation is: gate (default), observe (of the applied phase), live (status); "
+                        "start: none yet")
     p.add_argument("--host", default="localhost")
     p.add_argument("--unit", default=Context.unit)
     p.add_argument("--env-name", help="settings file named in messages (default --env-file)")
@@ -467,15 +470,16 @@ def main(argv: Sequence[str]) -> int:
         phases, problems = parse_phases(_load(args.phases, "--phases", doc, "phases") or {})
         state = parse_state(_load(args.state, "--state", doc, "state"))
         settings = parse_settings(_load(args.env_file, "--env-file", doc, "settings", as_text=True) or "")
-        obs = parse_observation(_load(args.observation, "--observation", doc, "observation"),
-                                "live" if args.target == "status" else args.purpose)
+        purpose = "live" if args.target == "status" else args.purpose
+        raw = _load(args.observation, "--observation", doc, "observation")
+        obs = None if purpose == "start" else parse_observation(raw, purpose)
     except PlanError as exc:
         print(f"proof: plan: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ctx = Context(host=args.host, unit=args.unit, env_file=args.env_name or args.env_file or Context.env_file,
                   state_file=args.state_name or args.state or Context.state_file, gate_window_sec=args.gate_window,
                   observe_window_sec=args.observe_window, error_rate_max=args.error_rate_max, cpu_max=args.cpu_max)
-    step = plan(phases, state, settings, args.target, obs, force=args.force, ctx=ctx, problems=problems)
+    step = plan(phases, state, settings, args.target, obs, force=args.force == "true", ctx=ctx, problems=problems)
     log.info("ramp plan host=%s target=%s action=%s rule=%s", ctx.host, args.target, step.action, step.rule)
     if args.json:
         json.dump(dataclasses.asdict(step), sys.stdout, default=str)
