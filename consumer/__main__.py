@@ -15,7 +15,11 @@ def main() -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    logs.setup(cfg.pipeline_diag)
+    try:
+        logs.setup(cfg.pipeline_diag, cfg.log_file)
+    except logs.LogFileError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     from .service import Service, log
 
     try:

@@ -176,11 +176,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.setup()
     env = dict(os.environ)
     try:
         cfg = Config.from_env(env)
-    except ConfigError as exc:
+        logs.setup(log_file=cfg.log_file)
+    except (ConfigError, logs.LogFileError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     pub = Publisher.from_config(cfg)

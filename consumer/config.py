@@ -116,6 +116,8 @@ class Config:
     stream_maxlen: int = 1_000_000
     metrics_port: int = 0
     metrics_addr: str = "127.0.0.1"
+    # Also write the log to this file (the runbook's /var/log/quantum/*.log); empty: stderr (the journal) only.
+    log_file: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -155,6 +157,7 @@ class Config:
             metrics_port=_int(e, "METRICS_PORT", cls.metrics_port, 0, 65535),
             metrics_addr=_str(e, "METRICS_ADDR", cls.metrics_addr, lambda s: all(c.isalnum() or c in ".:" for c in s),
                               "an IP address to listen on"),
+            log_file=_str(e, "LOG_FILE", cls.log_file, lambda s: s.startswith("/"), "an absolute path"),
         )
         cfg.check()
         return cfg
