@@ -505,17 +505,17 @@ def test_verdicts_follow_the_real_service(proof_redis: str, r: redis.Redis, env:
 def test_units_rule_where_systemd_is_present() -> None:
     """The rule itself (this machine has no systemd as PID 1): inactive fails, a unit installed elsewhere is a note."""
     from consumer.proof.health import check_units
+    from consumer.proof.sections import Check
 
     def report(**units: dict) -> dict:
-        return {"systemd": {"present": True, "units": {k.replace("_", "-"): v for k, v in units.items()}}}
+        return {"present": True, "units": {k.replace("_", "-"): v for k, v in units.items()}}
 
     up = {"load_state": "loaded", "active_state": "active", "sub_state": "running"}
     down = {"load_state": "loaded", "active_state": "failed", "sub_state": "failed"}
     missing = {"load_state": "not-found", "active_state": "inactive", "sub_state": "dead"}
-    assert check_units(report(quantum_ai_engine=up, quantum_execution=up))["ok"] is True
+    assert check_units(report(quantum_ai_engine=up, quantum_execution=up)).ok is True
     res = check_units(report(quantum_ai_engine=up, quantum_execution=down))
-    assert res["ok"] is False and res["detail"] == "unit not active: quantum-execution failed/failed"
-    assert check_units(report(quantum_ai_engine=missing, quantum_execution=up))["ok"] is True
-    assert check_units(report(quantum_ai_engine=missing, quantum_execution=missing))["ok"] is False
-    assert check_units({"systemd": {"present": False, "units": {}}}) == {
-        "name": "units", "ok": None, "detail": "systemd: not present"}
+    assert res.ok is False and res.detail == "unit not active: quantum-execution failed/failed"
+    assert check_units(report(quantum_ai_engine=missing, quantum_execution=up)).ok is True
+    assert check_units(report(quantum_ai_engine=missing, quantum_execution=missing)).ok is False
+    assert check_units({"present": False, "units": {}}) == Check("units", None, "systemd: not present")

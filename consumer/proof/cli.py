@@ -18,7 +18,8 @@ The seed's monitoring commands, each one command (all accept --json):
                                             observation (--json; rules in consumer/proof/plan.py)
 
 Exit codes: 0 healthy, 1 unhealthy (reasons on the VERDICT line), 2 Redis unreachable (one line on stderr),
-64 usage error. Health rules: consumer/proof/health.py; error rate and progress: consumer/proof/report.py.
+64 usage error (consumer/proof/exitcode.py). Health rules: consumer/proof/health.py; error rate and progress:
+consumer/proof/metrics.py and consumer/proof/report.py.
 Reads Redis (REDIS_URL, INTENT_STREAM, RESULT_STREAM, DLQ_STREAM, CONSUMER_GROUP) and systemd; writes only its own
 snapshot (PROOF_STATE_DIR, else /var/lib/quantum/proof when writable, else $XDG_STATE_HOME/quantum/proof).
 A consumer's host is read from the service's default name `<hostname>-<pid>`; it is live when it received entries
@@ -36,16 +37,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ProofSettings, UsageError
+from .exitcode import ExitCode
 from .gather import RedisUnreachable, gather, open_redis
 from .observe import Thresholds, exit_code, observe
 from .plan import main as plan_main
 from .render import SECTIONS, header, render
+from .sections import Report, as_json
 from .systemd import count_stale_lines, journal_stale_drops
 from .watch import watch
 
 log = logging.getLogger("consumer.proof")
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2, 64
 COMMANDS = ("stream", "backlog", "rate", "stale-drops", "units", "observe", "plan")
 # Which checks decide a subcommand's exit code, and which report keys its --json carries.
 SECTION_CHECKS = {"stream": ("group", "progress"), "backlog": ("group", "progress"), "rate": (), "units": ("units",)}
@@ -61,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # exit 64, so that exit 2 always means "Redis unreachable"
         self.print_usage(sys.stderr)
         print(f"proof: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(ExitCode.USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +125,7 @@ def settings_from(args: argparse.Namespace) -> ProofSettings:
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, sort_keys=False, default=str)
+    json.dump(as_json(obj), sys.stdout, sort_keys=False, default=str)
     sys.stdout.write("\n")
 
 
@@ -147,16 +149,17 @@ def run_stale_drops(args: argparse.Namespace) -> int:
         where = res.get("source") or f"journal of {res['unit']} since {res['since']}"
         print(f"stale-drops: {res['lines']} STALE_INTENT_DROP line(s) in {where}, "
               f"{res['suppressed']} more drop(s) reported as suppressed")
-    return EXIT_UNHEALTHY if res.get("error") else EXIT_OK
+    return ExitCode.UNHEALTHY if res.get("error") else ExitCode.OK
 
 
-def run_section(command: str, rep: dict[str, Any], as_json: bool) -> int:
+def run_section(command: str, rep: Report, json_out: bool) -> int:
     """Print one section of the report; its exit code follows only the checks that concern it."""
     wanted = SECTION_CHECKS[command]
-    failed = [c for c in rep["health"]["checks"] if c["name"] in wanted and c["ok"] is False]
-    if as_json:
-        out = {k: rep[k] for k in SECTION_KEYS[command]}
-        out.update(generated_at=rep["generated_at"], healthy=not failed, reasons=[c["detail"] for c in failed])
+    assert rep.health is not None
+    failed = rep.health.failed(wanted)
+    if json_out:
+        out = {k: as_json(getattr(rep, k)) for k in SECTION_KEYS[command]}
+        out.update(generated_at=rep.generated_at, healthy=not failed, reasons=[c.detail for c in failed])
         print_json(out)
     else:
         lines = header(rep)
@@ -164,9 +167,9 @@ def run_section(command: str, rep: dict[str, Any], as_json: bool) -> int:
             lines += fn(rep)
         if wanted:
             lines.append("VERDICT: HEALTHY" if not failed
-                         else "VERDICT: UNHEALTHY: " + "; ".join(c["detail"] for c in failed))
+                         else "VERDICT: UNHEALTHY: " + "; ".join(c.detail for c in failed))
         print("\n".join(lines))
-    return EXIT_UNHEALTHY if failed else EXIT_OK
+    return ExitCode.UNHEALTHY if failed else ExitCode.OK
 
 
 def run_observe(settings: ProofSettings, args: argparse.Namespace) -> int:
@@ -208,14 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rep = gather(settings, r, use_state=not args.no_state and command is None, cpu_pids=tuple(args.cpu_pid))
     except UsageError as exc:
         print(f"proof: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except RedisUnreachable as exc:
         print(f"proof: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     if command is not None:
         return run_section(command, rep, args.json)
     if args.json:
         print_json(rep)
     else:
         print(render(rep))
-    return EXIT_OK if rep["health"]["healthy"] else EXIT_UNHEALTHY
+    assert rep.health is not None
+    return ExitCode.OK if rep.health.healthy else ExitCode.UNHEALTHY

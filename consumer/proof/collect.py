@@ -1,20 +1,21 @@
 """Read-only views of the pipeline's Redis state: streams, the consumer group, dead letters, limiters, counters.
 
 Every function here issues read commands only (XINFO, XREVRANGE, SCAN, GET, PTTL, HGETALL, TIME): the proof CLI runs
-against production and must never change what it observes. Values come back as plain dicts so that the human layout,
-the JSON report and the live view share one shape.
+against production and must never change what it observes. Values come back as the report's sections (sections.py)
+so that the human layout, the JSON report and the live view share one shape.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from .config import COUNTER_NAMES, ProofSettings
+from .sections import Consumer, Counters, DeadLetter, Dlq, GroupInfo, RateKey, RateLimiters, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +57,23 @@ def server_time(r: redis.Redis) -> float:
     return sec + usec / 1e6
 
 
-def stream_info(r: redis.Redis, key: str) -> dict[str, Any]:
+def stream_info(r: redis.Redis, key: str) -> StreamInfo:
     """Length, last-generated-id and entries-added of a stream; `exists: false` when the key is missing."""
     try:
         info = r.xinfo_stream(key)
     except redis.ResponseError as exc:
         if "no such key" in str(exc).lower():
             # A stream that does not exist has had nothing added: 0 keeps deltas defined once it appears.
-            return {"key": key, "exists": False, "length": 0, "last_generated_id": None, "entries_added": 0}
+            return StreamInfo(key=key, exists=False)
         raise
-    return {
-        "key": key,
-        "exists": True,
-        "length": _as_int(info.get("length")) or 0,
-        "last_generated_id": info.get("last-generated-id"),
-        "entries_added": _as_int(info.get("entries-added")),
-    }
+    return StreamInfo(key=key, exists=True, length=_as_int(info.get("length")) or 0,
+                      last_generated_id=info.get("last-generated-id"),
+                      entries_added=_as_int(info.get("entries-added")))
 
 
-def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any]:
+def group_info(r: redis.Redis, stream: str, group: str) -> GroupInfo:
     """Lag, pending and entries-read of one group; lag is estimated from entries-added when Redis reports nil."""
-    out: dict[str, Any] = {
-        "stream": stream, "name": group, "exists": False, "lag": None, "lag_estimated": False,
-        "pending": 0, "entries_read": None, "last_delivered_id": None, "consumer_count": 0,
-    }
+    out = GroupInfo(stream=stream, name=group)
     try:
         groups = r.xinfo_groups(stream)
     except redis.ResponseError as exc:
@@ -89,28 +83,39 @@ def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any]:
     for g in groups:
         if g.get("name") != group:
             continue
-        out.update(
-            exists=True,
-            pending=_as_int(g.get("pending")) or 0,
-            entries_read=_as_int(g.get("entries-read")),
-            last_delivered_id=g.get("last-delivered-id"),
-            consumer_count=_as_int(g.get("consumers")) or 0,
-            lag=_as_int(g.get("lag")),
-        )
-        if out["entries_read"] is None and out["last_delivered_id"] in ("0-0", "0"):
-            out["entries_read"] = 0  # a group created at 0 that has read nothing yet: Redis reports nil
+        out = GroupInfo(stream=stream, name=group, exists=True, lag=_as_int(g.get("lag")),
+                        pending=_as_int(g.get("pending")) or 0, entries_read=_as_int(g.get("entries-read")),
+                        last_delivered_id=g.get("last-delivered-id"),
+                        consumer_count=_as_int(g.get("consumers")) or 0)
+        if out.entries_read is None and out.last_delivered_id in ("0-0", "0"):
+            out.entries_read = 0  # a group created at 0 that has read nothing yet: Redis reports nil
         break
     return out
 
 
-def estimate_lag(group: dict[str, Any], intents: dict[str, Any]) -> None:
+def estimate_lag(group: GroupInfo, intents: StreamInfo) -> None:
     """Fill a nil lag (Redis cannot compute it after some deletions) from entries-added − entries-read."""
-    if not group["exists"] or group["lag"] is not None:
+    if not group.exists or group.lag is not None:
         return
-    added, read = intents.get("entries_added"), group.get("entries_read")
+    added, read = intents.entries_added, group.entries_read
     if added is not None and read is not None:
-        group["lag"] = max(0, added - read)
-        group["lag_estimated"] = True
+        group.lag = max(0, added - read)
+        group.lag_estimated = True
+
+
+def count_lag(r: redis.Redis, stream: str, group: GroupInfo, limit: int = 10_000) -> None:
+    """Fill a lag Redis cannot report at all by counting the entries after the group's last-delivered id.
+
+    A freshly promoted Redis 7.0 master (and any replica) has no entries-read for the group: replication does not
+    carry it, so both lag and the estimate above are nil until the group catches up with the stream's end. The count
+    is exact (XRANGE after last-delivered-id) up to ``limit`` entries; beyond that the lag stays unknown.
+    """
+    if not group.exists or group.lag is not None or not group.last_delivered_id:
+        return
+    rows = r.xrange(stream, f"({group.last_delivered_id}", "+", count=limit + 1)
+    if len(rows) <= limit:
+        group.lag = len(rows)
+        group.lag_estimated = True
 
 
 _CONSUMER_NAME = re.compile(r"^(?P<host>.+)-(?P<pid>[0-9]+)$")
@@ -126,7 +131,7 @@ def consumer_host(name: str | None) -> str | None:
     return m.group("host") if m else None
 
 
-def consumers(r: redis.Redis, stream: str, group: str, live_ms: int = 15_000) -> list[dict[str, Any]]:
+def consumers(r: redis.Redis, stream: str, group: str, live_ms: int = 15_000) -> list[Consumer]:
     """Each consumer's host, pending count, idle time and liveness: a consumer holding entries while idle is a
     crashed one. A consumer idle for no more than `live_ms` is live. Redis 7.0 resets idle only when a read returns
     entries (or a claim touches them), so on a quiet stream a running consumer reads as not live: liveness is
@@ -138,33 +143,23 @@ def consumers(r: redis.Redis, stream: str, group: str, live_ms: int = 15_000) ->
     out = []
     for c in rows:
         idle = _as_int(c.get("idle"))
-        out.append({
-            "name": c.get("name"),
-            "host": consumer_host(c.get("name")),
-            "pending": _as_int(c.get("pending")) or 0,
-            "idle_ms": idle,
-            "inactive_ms": _as_int(c.get("inactive")),  # Redis >= 7.2 only
-            "live": idle is not None and idle <= live_ms,
-        })
-    out.sort(key=lambda c: (-c["pending"], c["name"] or ""))
+        out.append(Consumer(name=c.get("name"), host=consumer_host(c.get("name")),
+                            pending=_as_int(c.get("pending")) or 0, idle_ms=idle,
+                            inactive_ms=_as_int(c.get("inactive")),  # Redis >= 7.2 only
+                            live=idle is not None and idle <= live_ms))
+    out.sort(key=lambda c: (-c.pending, c.name or ""))
     return out
 
 
-def dlq_info(r: redis.Redis, key: str, newest: int) -> dict[str, Any]:
+def dlq_info(r: redis.Redis, key: str, newest: int) -> Dlq:
     """The dead-letter stream's length and its newest reasons (payloads are left out: they can be large or binary)."""
     length = r.xlen(key)
     rows = r.xrevrange(key, "+", "-", count=newest) if newest > 0 and length else []
-    return {
-        "key": key,
-        "length": length,
-        "newest": [
-            {"id": eid, "reason": fields.get("reason"), "source_id": fields.get("source_id")}
-            for eid, fields in rows
-        ],
-    }
+    return Dlq(key=key, length=length, newest=[DeadLetter(id=eid, reason=fields.get("reason"),
+                                                          source_id=fields.get("source_id")) for eid, fields in rows])
 
 
-def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int, window_sec: int = 1) -> dict[str, Any]:
+def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int, window_sec: int = 1) -> RateLimiters:
     """Every limiter key with its count, TTL and reset time, found with SCAN (never KEYS on a production Redis).
 
     A fixed-window key ends in its window index (``quantum:rate:orders:<index>``), so its window resets at
@@ -181,16 +176,16 @@ def rate_limiters(r: redis.Redis, pattern: str, now: float, keep: int, window_se
     for i, k in enumerate(keys):
         value, pttl = raw[2 * i], raw[2 * i + 1]
         ttl_ms = pttl if isinstance(pttl, int) and pttl >= 0 else None
-        rows.append({
-            "key": k,
-            "count": _as_int(value) if not isinstance(value, Exception) else None,
-            "ttl_sec": None if ttl_ms is None else round(ttl_ms / 1000, 3),
-            "resets_at": _window_end(k, window_sec) or (None if ttl_ms is None else round(now + ttl_ms / 1000, 3)),
-            "no_expiry": pttl == -1,
-        })
+        rows.append(RateKey(
+            key=k,
+            count=_as_int(value) if not isinstance(value, Exception) else None,
+            ttl_sec=None if ttl_ms is None else round(ttl_ms / 1000, 3),
+            resets_at=_window_end(k, window_sec) or (None if ttl_ms is None else round(now + ttl_ms / 1000, 3)),
+            no_expiry=pttl == -1,
+        ))
     # Newest windows first: those are the ones an operator is looking at.
-    rows.sort(key=lambda row: row["key"], reverse=True)
-    return {"pattern": pattern, "total": len(rows), "keys": rows[:keep], "truncated": len(rows) > keep}
+    rows.sort(key=lambda row: row.key, reverse=True)
+    return RateLimiters(pattern=pattern, total=len(rows), keys=rows[:keep], truncated=len(rows) > keep)
 
 
 def _window_end(key: str, window_sec: int) -> float | None:
@@ -198,12 +193,12 @@ def _window_end(key: str, window_sec: int) -> float | None:
     return float((int(index) + 1) * window_sec) if index.isdigit() else None
 
 
-def counters(r: redis.Redis, key: str) -> dict[str, Any]:
+def counters(r: redis.Redis, key: str) -> Counters:
     """The service's counters hash; missing fields read as 0 so that deltas are always defined."""
     raw = r.hgetall(key)
     values = {name: _as_int(raw.get(name)) or 0 for name in COUNTER_NAMES}
     extra = {k: v for k, v in raw.items() if k not in COUNTER_NAMES}
-    return {"key": key, "exists": bool(raw), "values": values, "extra": extra}
+    return Counters(key=key, exists=bool(raw), values=values, extra=extra)
 
 
 @dataclass
@@ -211,19 +206,15 @@ class Sample:
     """The cheap part of the state, read twice per run (and every tick in --watch) to see movement."""
 
     t: float
-    results: dict[str, Any]
-    intents: dict[str, Any]
-    group: dict[str, Any]
-    counters: dict[str, Any]
+    results: StreamInfo
+    intents: StreamInfo
+    group: GroupInfo
+    counters: Counters
     dlq_length: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def backlog(self) -> int | None:
-        """Entries not yet done: never delivered (lag) plus delivered but unacknowledged (pending)."""
-        if not self.group["exists"] or self.group["lag"] is None:
-            return None
-        return self.group["lag"] + self.group["pending"]
+        return self.group.backlog
 
 
 def take_sample(r: redis.Redis, s: ProofSettings) -> Sample:
@@ -232,6 +223,7 @@ def take_sample(r: redis.Redis, s: ProofSettings) -> Sample:
     intents = stream_info(r, s.intent_stream)
     group = group_info(r, s.intent_stream, s.group)
     estimate_lag(group, intents)
+    count_lag(r, s.intent_stream, group)
     return Sample(
         t=now,
         results=stream_info(r, s.result_stream),
@@ -242,8 +234,6 @@ def take_sample(r: redis.Redis, s: ProofSettings) -> Sample:
     )
 
 
-def server_facts(r: redis.Redis) -> dict[str, Any]:
+def server_facts(r: redis.Redis) -> tuple[str | None, str | None]:
     """Redis version and role: lag needs 7.0, and a replica would show a stale picture."""
-    info = r.info("server")
-    repl = r.info("replication")
-    return {"version": info.get("redis_version"), "role": repl.get("role")}
+    return r.info("server").get("redis_version"), r.info("replication").get("role")

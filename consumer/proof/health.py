@@ -19,30 +19,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from .sections import Check, Health, Report
+
 IDLE_PENDING_NOTE_MS = 60_000
 
 
-def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
-    return {"name": name, "ok": ok, "detail": detail}
+def check_group(report: Report) -> Check:
+    g, intents = report.group, report.intent_stream
+    if not intents.exists:
+        return Check("group", False, f"intent stream {intents.key} does not exist (service never started?)")
+    if not g.exists:
+        return Check("group", False, f"group {g.name} missing on {intents.key}")
+    return Check("group", True, f"group {g.name} on {intents.key}")
 
 
-def check_group(report: dict[str, Any]) -> dict[str, Any]:
-    g, intents = report["group"], report["intent_stream"]
-    if not intents["exists"]:
-        return _check("group", False, f"intent stream {intents['key']} does not exist (service never started?)")
-    if not g["exists"]:
-        return _check("group", False, f"group {g['name']} missing on {intents['key']}")
-    return _check("group", True, f"group {g['name']} on {intents['key']}")
-
-
-def check_units(report: dict[str, Any]) -> dict[str, Any]:
-    sd = report["systemd"]
+def check_units(sd: dict[str, Any]) -> Check:
+    """The units section (systemd.units_state): every unit installed here is loaded and active."""
     if not sd["present"]:
-        return _check("units", None, "systemd: not present")
+        return Check("units", None, "systemd: not present")
     bad = []
     installed = {n: u for n, u in sd["units"].items() if u.get("load_state") != "not-found"}
     if not installed:
-        return _check("units", False, "none of " + ", ".join(sd["units"]) + " is installed on this host")
+        return Check("units", False, "none of " + ", ".join(sd["units"]) + " is installed on this host")
     for name, u in installed.items():
         if u.get("error"):
             bad.append(f"{name}: {u['error']}")
@@ -51,82 +49,76 @@ def check_units(report: dict[str, Any]) -> dict[str, Any]:
         elif u.get("active_state") != "active":
             bad.append(f"{name} {u.get('active_state')}/{u.get('sub_state')}")
     if bad:
-        return _check("units", False, "unit not active: " + ", ".join(bad))
-    return _check("units", True, "active: " + ", ".join(installed))
+        return Check("units", False, "unit not active: " + ", ".join(bad))
+    return Check("units", True, "active: " + ", ".join(installed))
 
 
-def check_progress(report: dict[str, Any]) -> dict[str, Any]:
-    g = report["group"]
-    if not g["exists"]:
-        return _check("progress", None, "no group")
-    lag, pending = g["lag"], g["pending"]
+def check_progress(report: Report) -> Check:
+    g = report.group
+    if not g.exists:
+        return Check("progress", None, "no group")
+    lag, pending = g.lag, g.pending
     if lag == 0 and pending == 0:
-        return _check("progress", True, "nothing to do (lag 0, pending 0)")
-    mv = report["movement"]
+        return Check("progress", True, "nothing to do (lag 0, pending 0)")
+    mv = report.movement
     if mv is None:
-        return _check("progress", False,
-                      f"progress unknown: lag {lag}, pending {pending}, no sample window and no previous snapshot")
-    if mv["progress"]:
-        return _check("progress", True, f"moving: read {mv['entries_read']}, results {mv['results_added']} "
-                                        f"in {mv['window_sec']}s")
+        return Check("progress", False,
+                     f"progress unknown: lag {lag}, pending {pending}, no sample window and no previous snapshot")
+    if mv.progress:
+        return Check("progress", True, f"moving: read {mv.entries_read}, results {mv.results_added} "
+                                       f"in {mv.window_sec}s")
     lag_text = "unknown" if lag is None else str(lag)
-    return _check("progress", False, f"stalled: lag {lag_text}, pending {pending}, nothing read, acked or "
-                                     f"produced in {mv['window_sec']}s")
+    return Check("progress", False, f"stalled: lag {lag_text}, pending {pending}, nothing read, acked or "
+                                    f"produced in {mv.window_sec}s")
 
 
-def check_error_rate(report: dict[str, Any]) -> dict[str, Any]:
-    er = report["error_rate"]
-    if er["value"] is None:
-        return _check("error_rate", None, "no consumed intents yet")
-    text = (f"error rate {er['value'] * 100:.2f}% ({er['basis']}) vs max {er['max'] * 100:.2f}% "
-            f"[{er['definition']}]")
-    return _check("error_rate", er["value"] <= er["max"], text)
+def check_error_rate(report: Report) -> Check:
+    er = report.error_rate
+    if er.value is None:
+        return Check("error_rate", None, "no consumed intents yet")
+    text = f"error rate {er.value * 100:.2f}% ({er.basis}) vs max {er.max * 100:.2f}% [{er.definition}]"
+    return Check("error_rate", er.value <= er.max, text)
 
 
-def notes(report: dict[str, Any]) -> list[str]:
+def notes(report: Report) -> list[str]:
     """Observations an operator should see that do not, alone, mean the pipeline is broken."""
     out = []
-    g = report["group"]
-    if g["exists"] and g["consumer_count"] == 0:
-        out.append(f"group {g['name']} has no consumers")
-    elif g["exists"] and (g["lag"] or g["pending"]) and not any(c.get("live") for c in report["consumers"]):
-        out.append(f"group {g['name']} has no live consumer (none touched the group in the last "
-                   f"{report['settings'].get('consumer_live_ms', 0) / 1000:.0f}s) while work waits")
-    if g.get("lag_estimated"):
+    g = report.group
+    if g.exists and g.consumer_count == 0:
+        out.append(f"group {g.name} has no consumers")
+    elif g.exists and (g.lag or g.pending) and not any(c.live for c in report.consumers):
+        out.append(f"group {g.name} has no live consumer (none touched the group in the last "
+                   f"{report.settings.get('consumer_live_ms', 0) / 1000:.0f}s) while work waits")
+    if g.lag_estimated:
         out.append("lag estimated from entries-added − entries-read (Redis reported nil)")
-    for c in report["consumers"]:
-        if c["pending"] > 0 and (c["idle_ms"] or 0) >= IDLE_PENDING_NOTE_MS:
-            out.append(f"consumer {c['name']} holds {c['pending']} pending, idle {c['idle_ms'] / 1000:.0f}s "
+    for c in report.consumers:
+        if c.pending > 0 and (c.idle_ms or 0) >= IDLE_PENDING_NOTE_MS:
+            out.append(f"consumer {c.name} holds {c.pending} pending, idle {c.idle_ms / 1000:.0f}s "
                        "(crashed? reclaimed after CLAIM_IDLE_MS)")
-    mv = report["movement"]
-    if mv and (mv.get("dlq_added") or 0) > 0:
-        out.append(f"{mv['dlq_added']} dead letters added in the last {mv['window_sec']}s")
-    for name, u in report["systemd"]["units"].items():
+    mv = report.movement
+    if mv and (mv.dlq_added or 0) > 0:
+        out.append(f"{mv.dlq_added} dead letters added in the last {mv.window_sec}s")
+    for name, u in report.systemd["units"].items():
         if u.get("load_state") == "not-found":
             out.append(f"unit {name} is not installed on this host (runs elsewhere?)")
-    for k in report["rate_limiters"]["keys"]:
-        if k["no_expiry"]:
-            out.append(f"rate limiter {k['key']} has no TTL (its window never resets)")
-    if report["redis"].get("role") not in (None, "master"):
-        out.append(f"Redis is a {report['redis']['role']}: numbers may lag the primary")
+    for k in report.rate_limiters.keys:
+        if k.no_expiry:
+            out.append(f"rate limiter {k.key} has no TTL (its window never resets)")
+    if report.redis.role not in (None, "master"):
+        out.append(f"Redis is a {report.redis.role}: numbers may lag the primary")
     return out
 
 
-def evaluate(report: dict[str, Any]) -> dict[str, Any]:
+def evaluate(report: Report) -> Health:
     """All checks, the notes, and the verdict line's words."""
-    checks = [check_group(report), check_units(report), check_progress(report), check_error_rate(report)]
-    reasons = [c["detail"] for c in checks if c["ok"] is False]
-    return {
-        "healthy": not reasons,
-        "verdict": "HEALTHY" if not reasons else "UNHEALTHY",
-        "reasons": reasons,
-        "checks": checks,
-        "notes": notes(report),
-    }
+    checks = [check_group(report), check_units(report.systemd), check_progress(report), check_error_rate(report)]
+    reasons = [c.detail for c in checks if c.ok is False]
+    return Health(healthy=not reasons, verdict="HEALTHY" if not reasons else "UNHEALTHY", reasons=reasons,
+                  checks=checks, notes=notes(report))
 
 
-def verdict_line(health: dict[str, Any]) -> str:
+def verdict_line(health: Health) -> str:
     """`VERDICT: HEALTHY` or `VERDICT: UNHEALTHY: reason; reason`."""
-    if health["healthy"]:
+    if health.healthy:
         return "VERDICT: HEALTHY"
-    return "VERDICT: UNHEALTHY: " + "; ".join(health["reasons"])
+    return "VERDICT: UNHEALTHY: " + "; ".join(health.reasons)

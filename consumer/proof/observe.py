@@ -30,12 +30,14 @@ from typing import Any
 
 import redis
 
-from .config import ERROR_COUNTERS, ProofSettings
+from .config import ProofSettings
+from .exitcode import ExitCode
 from .gather import RedisUnreachable, gather, open_redis
+from .metrics import ErrorTally, counter_deltas
+from .sections import CpuReading, Report
 
 log = logging.getLogger(__name__)
 
-EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_HOLD = 0, 1, 3
 JUDGED_CHECKS = ("group", "units", "progress")
 
 
@@ -51,23 +53,24 @@ class Thresholds:
     failure_limit: int = 1
 
 
-def cpu_of(report: dict[str, Any], unit: str, pid: int | None) -> dict[str, Any] | None:
+def cpu_of(report: Report, unit: str, pid: int | None) -> CpuReading | None:
     """The CPU reading a sample took for the watched unit (or PID)."""
     if pid is not None:
-        return report.get("cpu", {}).get(f"pid:{pid}")
-    return (report["systemd"].get("units", {}).get(unit) or {}).get("cpu")
+        return report.cpu.get(f"pid:{pid}")
+    return (report.systemd.get("units", {}).get(unit) or {}).get("cpu")
 
 
-def to_point(report: dict[str, Any], unit: str, pid: int | None) -> dict[str, Any]:
+def to_point(report: Report, unit: str, pid: int | None) -> dict[str, Any]:
     """The few numbers of one sample the rules use."""
     cpu = cpu_of(report, unit, pid)
-    failed = [c["detail"] for c in report["health"]["checks"] if c["name"] in JUDGED_CHECKS and c["ok"] is False]
+    assert report.health is not None
+    failed = [c.detail for c in report.health.failed(JUDGED_CHECKS)]
     return {
-        "t": report["redis"]["server_time"],
-        "backlog": report["drain"]["backlog"],
-        "lag": report["group"]["lag"],
-        "pending": report["group"]["pending"],
-        "counters": report["counters"]["values"],
+        "t": report.redis.server_time,
+        "backlog": report.drain.backlog,
+        "lag": report.group.lag,
+        "pending": report.group.pending,
+        "counters": report.counters.values,
         "cpu": None if not cpu else cpu.get("percent"),
         "cpu_source": None if not cpu else cpu.get("source"),
         "failed_checks": failed,
@@ -123,12 +126,11 @@ def judge_errors(points: list[dict[str, Any]], th: Thresholds) -> dict[str, Any]
     pts = [p for p in points if p.get("t") is not None]
     if len(pts) < 2:
         return {"readable": False, "fired": None, "detail": "counters unreadable"}
-    a, b = pts[0]["counters"], pts[-1]["counters"]
-    d = {k: b[k] - a[k] for k in b}
-    if any(v < 0 for v in d.values()):
+    d = counter_deltas(pts[0]["counters"], pts[-1]["counters"])
+    if d is None:
         return {"readable": False, "fired": None, "detail": "counters went backwards (reset) during the window"}
-    errors, consumed = sum(d[k] for k in ERROR_COUNTERS), d["consumed"]
-    value = errors / consumed if consumed else None
+    tally = ErrorTally.of(d)
+    errors, consumed, value = tally.errors, tally.consumed, tally.rate
     if consumed < th.error_min_consumed:
         return {"readable": True, "fired": False, "errors": errors, "consumed": consumed, "value": value,
                 "detail": f"error rate not judged: {consumed} consumed < {th.error_min_consumed} in the window"}
@@ -195,5 +197,5 @@ def observe(settings: ProofSettings, th: Thresholds, *, window: float, interval:
     return out
 
 
-def exit_code(result: dict[str, Any]) -> int:
-    return {"healthy": EXIT_HEALTHY, "unhealthy": EXIT_UNHEALTHY}.get(result["decision"], EXIT_HOLD)
+def exit_code(result: dict[str, Any]) -> ExitCode:
+    return {"healthy": ExitCode.OK, "unhealthy": ExitCode.UNHEALTHY}.get(result["decision"], ExitCode.HOLD)

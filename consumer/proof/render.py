@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .health import verdict_line
+from .sections import Report
 
 LABEL = 9
 
@@ -47,86 +48,86 @@ def _row(label: str, text: str) -> str:
     return f"{label:<{LABEL}} {text}"
 
 
-def header(rep: dict[str, Any]) -> list[str]:
-    mv = rep["movement"]
-    window = f"sampled over {mv['window_sec']}s" if rep["movement_basis"] == "sample" else (
-        f"compared with previous run {dur(rep['previous_run']['age_sec'])} ago" if mv else "no sample window")
-    return [f"quantum proof · {rep['redis']['url']} (redis {rep['redis'].get('version')}) · "
-            f"{rep['generated_at']} · {window}"]
+def header(rep: Report) -> list[str]:
+    mv = rep.movement
+    window = f"sampled over {mv.window_sec}s" if mv and rep.movement_basis == "sample" else (
+        f"compared with previous run {dur(rep.previous_run.age_sec)} ago" if mv and rep.previous_run
+        else "no sample window")
+    return [f"quantum proof · {rep.redis.url} (redis {rep.redis.version}) · {rep.generated_at} · {window}"]
 
 
-def stream_lines(rep: dict[str, Any]) -> list[str]:
-    rs, mv = rep["result_stream"], rep["movement"]
-    if not rs["exists"]:
-        out = [_row("results", f"{rs['key']}  does not exist yet (no intent executed)")]
+def stream_lines(rep: Report) -> list[str]:
+    rs, mv = rep.result_stream, rep.movement
+    if not rs.exists:
+        out = [_row("results", f"{rs.key}  does not exist yet (no intent executed)")]
     else:
-        out = [_row("results", f"{rs['key']}  length {n(rs['length'])}  entries-added {n(rs['entries_added'])}  "
-                               f"last-id {rs['last_generated_id']} ({dur(rs['last_entry_age_sec'])} ago)")]
+        out = [_row("results", f"{rs.key}  length {n(rs.length)}  entries-added {n(rs.entries_added)}  "
+                               f"last-id {rs.last_generated_id} ({dur(rs.last_entry_age_sec)} ago)")]
     if mv is None:
         adv = "advancing: unknown (no sample window, no previous snapshot)"
     else:
-        word = "yes" if rs["advancing"] else "no"
-        adv = (f"advancing: {word}, +{n(mv['results_added'])} in {mv['window_sec']}s "
-               f"({n(mv['results_per_sec'])}/s, {rs['advancing_basis']})")
+        word = "yes" if rs.advancing else "no"
+        adv = (f"advancing: {word}, +{n(mv.results_added)} in {mv.window_sec}s "
+               f"({n(mv.results_per_sec)}/s, {rs.advancing_basis})")
     out.append(_row("", adv))
-    it = rep["intent_stream"]
-    out.append(_row("intents", f"{it['key']}  length {n(it['length'])}  entries-added {n(it['entries_added'])}"
-                    + ("" if it["exists"] else "  (does not exist)")))
+    it = rep.intent_stream
+    out.append(_row("intents", f"{it.key}  length {n(it.length)}  entries-added {n(it.entries_added)}"
+                    + ("" if it.exists else "  (does not exist)")))
     return out
 
 
-def backlog_lines(rep: dict[str, Any]) -> list[str]:
-    g, d, mv = rep["group"], rep["drain"], rep["movement"]
-    if not g["exists"]:
-        return [_row("group", f"{g['name']}  MISSING on {g['stream']}")]
-    lag = n(g["lag"]) + (" (estimated)" if g.get("lag_estimated") else "")
-    rate = f"  read {n(mv['read_per_sec'])}/s  in {n(mv['intents_per_sec'])}/s" if mv else ""
-    eta = f"  ETA {dur(d['eta_sec'])}" if d["backlog"] else ""
-    live = sum(1 for c in rep["consumers"] if c.get("live"))
-    hosts = sorted({c.get("host") or "?" for c in rep["consumers"] if c.get("live")})
-    out = [_row("group", f"{g['name']}  lag {lag}  pending {n(g['pending'])}  entries-read {n(g['entries_read'])}"
-                         f"  consumers {g['consumer_count']} ({live} live on {', '.join(hosts) or 'no host'})"
+def backlog_lines(rep: Report) -> list[str]:
+    g, d, mv = rep.group, rep.drain, rep.movement
+    if not g.exists:
+        return [_row("group", f"{g.name}  MISSING on {g.stream}")]
+    lag = n(g.lag) + (" (estimated)" if g.lag_estimated else "")
+    rate = f"  read {n(mv.read_per_sec)}/s  in {n(mv.intents_per_sec)}/s" if mv else ""
+    eta = f"  ETA {dur(d.eta_sec)}" if d.backlog else ""
+    live = sum(1 for c in rep.consumers if c.live)
+    hosts = sorted({c.host or "?" for c in rep.consumers if c.live})
+    out = [_row("group", f"{g.name}  lag {lag}  pending {n(g.pending)}  entries-read {n(g.entries_read)}"
+                         f"  consumers {g.consumer_count} ({live} live on {', '.join(hosts) or 'no host'})"
                          f"{rate}{eta}")]
-    for c in rep["consumers"][:10]:
-        out.append(_row("", f"consumer {c['name']}  pending {n(c['pending'])}  idle {dur((c['idle_ms'] or 0) / 1000)}"
-                            f"  host {c.get('host') or '?'}  {'live' if c.get('live') else 'NOT LIVE'}"))
-    if len(rep["consumers"]) > 10:
-        out.append(_row("", f"… {len(rep['consumers']) - 10} more consumers"))
+    for c in rep.consumers[:10]:
+        out.append(_row("", f"consumer {c.name}  pending {n(c.pending)}  idle {dur((c.idle_ms or 0) / 1000)}"
+                            f"  host {c.host or '?'}  {'live' if c.live else 'NOT LIVE'}"))
+    if len(rep.consumers) > 10:
+        out.append(_row("", f"… {len(rep.consumers) - 10} more consumers"))
     return out
 
 
-def dlq_lines(rep: dict[str, Any]) -> list[str]:
-    q = rep["dlq"]
-    out = [_row("dlq", f"{q['key']}  length {n(q['length'])}")]
-    for e in q["newest"]:
-        reason = (e["reason"] or "?").replace("\n", " ")
-        out.append(_row("", f"{e['id']}  source {e['source_id']}  {reason[:110]}"))
+def dlq_lines(rep: Report) -> list[str]:
+    q = rep.dlq
+    out = [_row("dlq", f"{q.key}  length {n(q.length)}")]
+    for e in q.newest:
+        reason = (e.reason or "?").replace("\n", " ")
+        out.append(_row("", f"{e.id}  source {e.source_id}  {reason[:110]}"))
     return out
 
 
-def rate_lines(rep: dict[str, Any]) -> list[str]:
-    rl = rep["rate_limiters"]
-    if not rl["total"]:
-        return [_row("rate", f"no {rl['pattern']} keys (no orders in the current window)")]
-    out = [_row("rate", f"{rl['total']} key(s) matching {rl['pattern']}")]
-    for k in rl["keys"]:
-        ttl = "NO TTL" if k["no_expiry"] else f"ttl {dur(k['ttl_sec'])}  resets {clock(k['resets_at'])}"
-        out.append(_row("", f"{k['key']}  count {n(k['count'])}  {ttl}"))
-    if rl["truncated"]:
-        out.append(_row("", f"… {rl['total'] - len(rl['keys'])} more"))
+def rate_lines(rep: Report) -> list[str]:
+    rl = rep.rate_limiters
+    if not rl.total:
+        return [_row("rate", f"no {rl.pattern} keys (no orders in the current window)")]
+    out = [_row("rate", f"{rl.total} key(s) matching {rl.pattern}")]
+    for k in rl.keys:
+        ttl = "NO TTL" if k.no_expiry else f"ttl {dur(k.ttl_sec)}  resets {clock(k.resets_at)}"
+        out.append(_row("", f"{k.key}  count {n(k.count)}  {ttl}"))
+    if rl.truncated:
+        out.append(_row("", f"… {rl.total - len(rl.keys)} more"))
     return out
 
 
-def counter_lines(rep: dict[str, Any]) -> list[str]:
-    c, er = rep["counters"], rep["error_rate"]
-    vals = "  ".join(f"{k} {n(v)}" for k, v in c["values"].items())
-    out = [_row("counters", vals + ("" if c["exists"] else f"  ({c['key']} missing)"))]
-    window = "window: nothing consumed" if er["window"] is None else (
-        f"window {_pct(er['window'])} ({n(er['window_errors'])}/{n(er['window_consumed'])} in "
-        f"{er['window_sec']}s, {er['window_source']})")
-    out.append(_row("errors", f"{_pct(er['value'])} by {er['basis']} · {window} · total {_pct(er['total'])} "
-                              f"({n(er['total_errors'])}/{n(er['total_consumed'])}) · max {_pct(er['max'])}  "
-                              f"[{er['definition']}]"))
+def counter_lines(rep: Report) -> list[str]:
+    c, er = rep.counters, rep.error_rate
+    vals = "  ".join(f"{k} {n(v)}" for k, v in c.values.items())
+    out = [_row("counters", vals + ("" if c.exists else f"  ({c.key} missing)"))]
+    window = "window: nothing consumed" if er.window is None else (
+        f"window {_pct(er.window)} ({n(er.window_errors)}/{n(er.window_consumed)} in "
+        f"{er.window_sec}s, {er.window_source})")
+    out.append(_row("errors", f"{_pct(er.value)} by {er.basis} · {window} · total {_pct(er.total)} "
+                              f"({n(er.total_errors)}/{n(er.total_consumed)}) · max {_pct(er.max)}  "
+                              f"[{er.definition}]"))
     return out
 
 
@@ -134,8 +135,8 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.2f}%"
 
 
-def unit_lines(rep: dict[str, Any]) -> list[str]:
-    sd = rep["systemd"]
+def unit_lines(rep: Report) -> list[str]:
+    sd = rep.systemd
     out = []
     if not sd["present"]:
         out.append(_row("units", "systemd: not present"))
@@ -150,14 +151,15 @@ def unit_lines(rep: dict[str, Any]) -> list[str]:
             parts.append(f"{name} {u.get('active_state')}/{u.get('sub_state')} pid {u.get('main_pid')}"
                          f" restarts {u.get('n_restarts')}{cpu_text}")
         out.append(_row("units", " · ".join(parts)))
-    for name, c in rep.get("cpu", {}).items():
+    for name, c in rep.cpu.items():
         out.append(_row("cpu", f"{name} {c['percent']}% of one core over {c['window_sec']}s"))
     return out
 
 
-def health_lines(rep: dict[str, Any]) -> list[str]:
-    h = rep["health"]
-    return [f"note: {x}" for x in h["notes"]] + [verdict_line(h)]
+def health_lines(rep: Report) -> list[str]:
+    h = rep.health
+    assert h is not None, "the report is rendered after health.evaluate"
+    return [f"note: {x}" for x in h.notes] + [verdict_line(h)]
 
 
 SECTIONS = {
@@ -169,7 +171,7 @@ SECTIONS = {
 }
 
 
-def render(rep: dict[str, Any]) -> str:
+def render(rep: Report) -> str:
     """The full `--once` layout."""
     lines = header(rep)
     for fn in (stream_lines, backlog_lines, dlq_lines, rate_lines, counter_lines, unit_lines, health_lines):

@@ -11,11 +11,12 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from .collect import Sample
 from .config import ProofSettings
+from .sections import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +29,22 @@ def snapshot_path(s: ProofSettings) -> Path | None:
     return s.state_dir / f"snapshot-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
 
 
-def to_snapshot(sample: Sample) -> dict[str, Any]:
+def to_snapshot(sample: Sample) -> Snapshot:
     """The few numbers a later run compares against."""
-    return {
-        "t": sample.t,
-        "result_entries_added": sample.results.get("entries_added"),
-        "result_last_id": sample.results.get("last_generated_id"),
-        "group_entries_read": sample.group.get("entries_read"),
-        "intent_entries_added": sample.intents.get("entries_added"),
-        "lag": sample.group.get("lag"),
-        "pending": sample.group.get("pending"),
-        "dlq_length": sample.dlq_length,
-        "counters": dict(sample.counters["values"]),
-    }
+    return Snapshot(
+        t=sample.t,
+        result_entries_added=sample.results.entries_added,
+        result_last_id=sample.results.last_generated_id,
+        group_entries_read=sample.group.entries_read,
+        intent_entries_added=sample.intents.entries_added,
+        lag=sample.group.lag,
+        pending=sample.group.pending,
+        dlq_length=sample.dlq_length,
+        counters=dict(sample.counters.values),
+    )
 
 
-def load(s: ProofSettings) -> dict[str, Any] | None:
+def load(s: ProofSettings) -> Snapshot | None:
     """The previous run's snapshot, or None."""
     path = snapshot_path(s)
     if path is None:
@@ -55,7 +56,9 @@ def load(s: ProofSettings) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable proof snapshot %s: %s", path, exc)
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("t"), (int, float)) else None
+    if not isinstance(data, dict) or not isinstance(data.get("t"), (int, float)):
+        return None
+    return Snapshot.from_json(data)
 
 
 def save(s: ProofSettings, sample: Sample) -> str | None:
@@ -67,7 +70,7 @@ def save(s: ProofSettings, sample: Sample) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".snapshot-", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
-            json.dump(to_snapshot(sample), fh)
+            json.dump(asdict(to_snapshot(sample)), fh)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("could not write proof snapshot %s: %s", path, exc)

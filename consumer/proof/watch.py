@@ -17,12 +17,14 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
 import redis
 
 from . import collect
-from .config import ERROR_COUNTERS, ProofSettings, redact_url
+from .config import ProofSettings, redact_url
+from .metrics import ErrorTally, counter_deltas, per_sec
 from .render import clock, dur, n
 from .systemd import units_state
 
@@ -40,6 +42,29 @@ def bar(fraction: float, width: int, unicode_ok: bool) -> str:
     return "[" + full * cells + empty * (width - cells) + "]"
 
 
+@dataclass
+class DrainView:
+    """One frame's numbers: the backlog against its peak, per-second rates over the rate window, the ETA."""
+
+    t: float
+    backlog: int | None
+    peak: int
+    fraction: float
+    lag: int | None
+    pending: int
+    read_per_sec: float | None
+    in_per_sec: float | None
+    results_per_sec: float | None
+    net_per_sec: float | None
+    eta_sec: float | None
+    span: float
+    group_exists: bool
+    errors: ErrorTally
+    counters: dict[str, int]
+    results_length: int
+    dlq_length: int
+
+
 class DrainTracker:
     """Samples within the rate window, and the peak backlog the progress bar is measured against."""
 
@@ -55,73 +80,73 @@ class DrainTracker:
         if s.backlog is not None:
             self.peak = max(self.peak, s.backlog)
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> DrainView:
         """Backlog, progress fraction, per-second rates and ETA from the current window."""
         last, first = self.samples[-1], self.samples[0]
         span = last.t - first.t
         backlog = last.backlog
 
         def rate(get: Callable[[collect.Sample], int | None]) -> float | None:
-            # The oldest sample in the window that knows the value (entries-read can be nil early on).
-            known = [x for x in self.samples if get(x) is not None]
-            if len(known) < 2 or known[-1] is not last or last.t - known[0].t <= 0:
+            # From the oldest sample in the window that knows the value (entries-read can be nil early on, and the
+            # group may appear after the watch started).
+            known = [(x, v) for x in self.samples if (v := get(x)) is not None]
+            if len(known) < 2 or known[-1][0] is not last:
                 return None
-            return (get(last) - get(known[0])) / (last.t - known[0].t)
+            (x0, v0), (_, v1) = known[0], known[-1]
+            return per_sec(v1 - v0, last.t - x0.t)
 
-        read = rate(lambda s: s.group.get("entries_read"))
-        inflow = rate(lambda s: s.intents.get("entries_added"))
-        results = rate(lambda s: s.results.get("entries_added"))
-        # Net drain from the oldest sample that knew the backlog (the group may appear after the watch started).
-        known = [x for x in self.samples if x.backlog is not None]
-        base = known[0] if known else None
-        net = (None if backlog is None or base is None or last.t - base.t <= 0
-               else (base.backlog - backlog) / (last.t - base.t))
-        d_con = last.counters["values"]["consumed"] - first.counters["values"]["consumed"]
-        d_err = sum(last.counters["values"][k] - first.counters["values"][k] for k in ERROR_COUNTERS)
+        read = rate(lambda s: s.group.entries_read)
+        inflow = rate(lambda s: s.intents.entries_added)
+        results = rate(lambda s: s.results.entries_added)
+        drained = rate(lambda s: None if s.backlog is None else -s.backlog)
+        net = None if backlog is None else drained
+        deltas = counter_deltas(first.counters.values, last.counters.values)
+        tally = ErrorTally.of(deltas) if deltas is not None else ErrorTally(0, 0)
         if backlog == 0:
             eta: float | None = 0.0
         elif backlog and net and net > 0:
             eta = backlog / net
         else:
             eta = None
-        return {
-            "t": last.t, "backlog": backlog, "peak": self.peak,
-            "fraction": 1.0 if not self.peak else (self.peak - (backlog or 0)) / self.peak,
-            "lag": last.group.get("lag"), "pending": last.group.get("pending"),
-            "read_per_sec": read, "in_per_sec": inflow, "results_per_sec": results, "net_per_sec": net,
-            "eta_sec": eta, "span": span, "group_exists": last.group["exists"],
-            "errors": (d_err, d_con), "counters": last.counters["values"],
-            "results_length": last.results.get("length"), "dlq_length": last.dlq_length,
-        }
+        return DrainView(
+            t=last.t, backlog=backlog, peak=self.peak,
+            fraction=1.0 if not self.peak else (self.peak - (backlog or 0)) / self.peak,
+            lag=last.group.lag, pending=last.group.pending,
+            read_per_sec=read, in_per_sec=inflow, results_per_sec=results, net_per_sec=net,
+            eta_sec=eta, span=span, group_exists=last.group.exists,
+            errors=tally, counters=last.counters.values,
+            results_length=last.results.length, dlq_length=last.dlq_length,
+        )
 
 
 def _rate_text(v: float | None) -> str:
     return "?" if v is None else f"{v:,.1f}/s"
 
 
-def frame_lines(v: dict[str, Any], s: ProofSettings, units: dict[str, Any], width: int, unicode_ok: bool,
+def frame_lines(v: DrainView, s: ProofSettings, units: dict[str, Any], width: int, unicode_ok: bool,
                 interval: float) -> list[str]:
     """The lines of one live frame."""
-    lines = [f"quantum proof --watch · {redact_url(s.redis_url)} · {clock(v['t'])} · every {interval}s · "
+    lines = [f"quantum proof --watch · {redact_url(s.redis_url)} · {clock(v.t)} · every {interval}s · "
              "Ctrl-C to quit"]
-    if not v["group_exists"]:
+    if not v.group_exists:
         lines.append(f"backlog  group {s.group} missing on {s.intent_stream} — waiting for the service")
     else:
         bw = max(10, min(50, width - 45))
-        done = v["peak"] - (v["backlog"] or 0)
-        state = "drained" if v["backlog"] == 0 else f"ETA {dur(v['eta_sec'])}"
-        lines.append(f"backlog  {bar(v['fraction'], bw, unicode_ok)} {v['fraction'] * 100:5.1f}%  "
-                     f"drained {n(done)} of {n(v['peak'])}  {state}")
-        lines.append(f"         left {n(v['backlog'])} (lag {n(v['lag'])} + pending {n(v['pending'])})  "
-                     f"read {_rate_text(v['read_per_sec'])}  in {_rate_text(v['in_per_sec'])}  "
-                     f"net {_rate_text(v['net_per_sec'])}")
-    d_err, d_con = v["errors"]
-    err = f"{d_err / d_con * 100:.2f}% ({n(d_err)}/{n(d_con)} in {dur(v['span'])})" if d_con > 0 else "n/a (idle)"
-    lines.append(f"results  length {n(v['results_length'])}  {_rate_text(v['results_per_sec'])}   errors {err}   "
-                 f"dlq {n(v['dlq_length'])}")
-    shown = {k: x for k, x in v["counters"].items() if x or k in ("consumed", "executed", "failed")}
+        done = v.peak - (v.backlog or 0)
+        state = "drained" if v.backlog == 0 else f"ETA {dur(v.eta_sec)}"
+        lines.append(f"backlog  {bar(v.fraction, bw, unicode_ok)} {v.fraction * 100:5.1f}%  "
+                     f"drained {n(done)} of {n(v.peak)}  {state}")
+        lines.append(f"         left {n(v.backlog)} (lag {n(v.lag)} + pending {n(v.pending)})  "
+                     f"read {_rate_text(v.read_per_sec)}  in {_rate_text(v.in_per_sec)}  "
+                     f"net {_rate_text(v.net_per_sec)}")
+    tally = v.errors
+    err = ("n/a (idle)" if tally.rate is None
+           else f"{tally.rate * 100:.2f}% ({n(tally.errors)}/{n(tally.consumed)} in {dur(v.span)})")
+    lines.append(f"results  length {n(v.results_length)}  {_rate_text(v.results_per_sec)}   errors {err}   "
+                 f"dlq {n(v.dlq_length)}")
+    shown = {k: x for k, x in v.counters.items() if x or k in ("consumed", "executed", "failed")}
     lines.append("counters " + "  ".join(f"{k} {n(x)}" for k, x in shown.items())
-                 + ("  (others 0)" if len(shown) < len(v["counters"]) else ""))
+                 + ("  (others 0)" if len(shown) < len(v.counters) else ""))
     if units.get("present"):
         lines.append("units    " + " · ".join(f"{k} {u.get('active_state')}/{u.get('sub_state')}"
                                               for k, u in units["units"].items()))
@@ -130,11 +155,11 @@ def frame_lines(v: dict[str, Any], s: ProofSettings, units: dict[str, Any], widt
     return lines
 
 
-def plain_line(v: dict[str, Any]) -> str:
+def plain_line(v: DrainView) -> str:
     """One log line per tick for a non-terminal stdout."""
-    return (f"{clock(v['t'])} backlog {n(v['backlog'])} ({v['fraction'] * 100:.1f}% drained of {n(v['peak'])}) "
-            f"read {_rate_text(v['read_per_sec'])} net {_rate_text(v['net_per_sec'])} ETA {dur(v['eta_sec'])} "
-            f"results {_rate_text(v['results_per_sec'])}")
+    return (f"{clock(v.t)} backlog {n(v.backlog)} ({v.fraction * 100:.1f}% drained of {n(v.peak)}) "
+            f"read {_rate_text(v.read_per_sec)} net {_rate_text(v.net_per_sec)} ETA {dur(v.eta_sec)} "
+            f"results {_rate_text(v.results_per_sec)}")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -178,7 +203,7 @@ def watch(settings: ProofSettings, r: redis.Redis, *, interval: float = 1.0, rat
             count += 1
             if iterations and count >= iterations:
                 return 0
-            if until_drained and v is not None and v["backlog"] == 0:
+            if until_drained and v is not None and v.backlog == 0:
                 return 0
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
     except KeyboardInterrupt:
