@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 
 import redis
 
-from . import logs, sdnotify
+from . import connection, logs, sdnotify
 from .config import Config, ConfigError
 from .validation import InvalidIntent, SchemaValidator, load_schema, parse_payload
 
@@ -61,20 +61,32 @@ def synthetic_intent(rng: random.Random, created: float | None = None, prefix: s
     return intent
 
 
+class NotReplicated(redis.ConnectionError):
+    """XADD answered, but fewer replicas than REDIS_WAIT_REPLICAS confirmed it: a failover may still lose it.
+
+    A ConnectionError, so every caller that retries an outage retries this too; publishing the same intent again is
+    safe (the service acks the second entry as a duplicate of the intent_id).
+    """
+
+
 class Publisher:
     """Validates against the shared schema and publishes to the intent stream."""
 
     def __init__(self, client: redis.Redis, stream: str, schema: SchemaValidator,
-                 max_payload_bytes: int = 16_384) -> None:
+                 max_payload_bytes: int = 16_384, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.r = client
         self.stream = stream
         self.schema = schema
         self.max_payload_bytes = max_payload_bytes
+        self.wait_replicas = wait_replicas  # >0: an intent counts as published once that many replicas hold it
+        self.wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def from_config(cls, cfg: Config, client: redis.Redis | None = None) -> "Publisher":
         schema = SchemaValidator(load_schema(cfg.schema_dir / "trade_intent.schema.json"))
-        return cls(client or redis.Redis.from_url(cfg.redis_url), cfg.intent_stream, schema, cfg.max_payload_bytes)
+        client = client or connection.connect(cfg.redis_url, cfg.sentinel, socket_connect_timeout=2,
+                                              socket_timeout=max(5.0, cfg.wait_timeout_ms / 1000 + 2))
+        return cls(client, cfg.intent_stream, schema, cfg.max_payload_bytes, cfg.wait_replicas, cfg.wait_timeout_ms)
 
     def encode(self, intent: dict[str, Any] | str | bytes) -> bytes:
         """Validated payload bytes; InvalidIntent names what is wrong."""
@@ -87,8 +99,21 @@ class Publisher:
         return raw
 
     def publish(self, intent: dict[str, Any] | str | bytes) -> str:
-        """Validate and XADD one intent; returns its entry id."""
-        entry_id = self.r.xadd(self.stream, {"payload": self.encode(intent)})
+        """Validate and XADD one intent; returns its entry id (with WAIT: once a replica holds it too).
+
+        Raises NotReplicated when the replicas did not confirm in time: the caller publishes the same intent again.
+        """
+        payload = self.encode(intent)
+        if self.wait_replicas:
+            pipe = self.r.pipeline(transaction=False)  # one connection: WAIT covers the XADD sent on it
+            pipe.xadd(self.stream, {"payload": payload})
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            entry_id, acked = pipe.execute()
+            if acked < self.wait_replicas:
+                raise NotReplicated(f"XADD {entry_id!r} confirmed by {acked} of {self.wait_replicas} replicas "
+                                    f"within {self.wait_timeout_ms} ms")
+        else:
+            entry_id = self.r.xadd(self.stream, {"payload": payload})
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def publish_many(self, payloads: Iterable[bytes], ids: Iterator[str] | None = None, chunk: int = 2000) -> int:
@@ -146,12 +171,19 @@ def run_demo(pub: Publisher, rate: float, count: int | None, stop: threading.Eve
     sent = 0
     next_at = time.monotonic()
     backoff = 0.0
+    doc: dict[str, Any] | None = None
     while not stop.is_set() and (count is None or sent < count):
+        doc = doc or synthetic_intent(rng)
         try:
-            pub.publish(synthetic_intent(rng))
+            pub.publish(doc)  # the same intent until it is acknowledged: a second copy is acked as a duplicate
             sent += 1
+            doc = None
             backoff = 0.0
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and not connection.is_failover_reply(exc):
+                raise
+            if isinstance(exc, redis.ResponseError):
+                connection.reset(pub.r)  # a demoted master (UNBLOCKED, NOREPLICAS...): ask the sentinels again
             backoff = min(5.0, max(0.2, backoff * 2))
             log.warning("redis_unavailable error=%r retry_in_sec=%.1f", str(exc)[:120], backoff)
             stop.wait(backoff)

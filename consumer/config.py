@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -118,6 +118,11 @@ class Config:
     metrics_addr: str = "127.0.0.1"
     # Also write the log to this file (the runbook's /var/log/quantum/*.log); empty: stderr (the journal) only.
     log_file: str = ""
+    # REDIS_SENTINELS + REDIS_SENTINEL_MASTER instead of REDIS_URL (consumer/connection.py); None: REDIS_URL.
+    sentinel: Any = None
+    # WAIT for this many replicas after each idempotency claim and each commit (default 1 with Sentinel, else 0).
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -125,6 +130,9 @@ class Config:
         e = os.environ if env is None else env
         redis_url = _str(e, "REDIS_URL", cls.redis_url, lambda s: s.split("://", 1)[0] in ("redis", "rediss", "unix"),
                          "a redis://, rediss:// or unix:// URL")
+        from .connection import sentinel_from_env  # connection.py imports ConfigError from here
+
+        sentinel = sentinel_from_env(e)
         cfg = cls(
             redis_url=redis_url,
             intent_stream=_str(e, "INTENT_STREAM", cls.intent_stream, _key_ok, "a Redis key without spaces"),
@@ -158,6 +166,9 @@ class Config:
             metrics_addr=_str(e, "METRICS_ADDR", cls.metrics_addr, lambda s: all(c.isalnum() or c in ".:" for c in s),
                               "an IP address to listen on"),
             log_file=_str(e, "LOG_FILE", cls.log_file, lambda s: s.startswith("/"), "an absolute path"),
+            sentinel=sentinel,
+            wait_replicas=_int(e, "REDIS_WAIT_REPLICAS", 1 if sentinel else 0, 0, 16),
+            wait_timeout_ms=_int(e, "REDIS_WAIT_TIMEOUT_MS", cls.wait_timeout_ms, 1, 60_000),
         )
         cfg.check()
         return cfg

@@ -16,7 +16,7 @@ from typing import Callable
 
 import redis
 
-from . import sdnotify
+from . import connection, sdnotify
 from .admission import Admission
 from .config import Config
 from .executors import Executor, load_executor
@@ -40,13 +40,16 @@ class Service:
 
     def __init__(self, cfg: Config, client: redis.Redis | None = None, executor: Executor | None = None) -> None:
         self.cfg = cfg
-        self.r = client or redis.Redis.from_url(cfg.redis_url, socket_timeout=cfg.block_ms / 1000 + 5,
-                                                socket_connect_timeout=2, health_check_interval=30)
+        pooled = client or connection.connect(cfg.redis_url, cfg.sentinel, socket_timeout=cfg.block_ms / 1000 + 5,
+                                              socket_connect_timeout=2, health_check_interval=30)
+        # With WAIT, the loop's own commands share one connection: WAIT covers the writes of its connection only, so
+        # the claim it confirms must have gone over the same one. The executor's threads keep the pool.
+        self.r = pooled.client() if cfg.wait_replicas else pooled
         self.io = StreamIO(self.r, cfg)
         self.idem = IdempotencyStore(self.r, cfg.idem_prefix, cfg.idempotency_ttl_sec, cfg.consumer)
         self.admission = Admission(cfg, self.io, self.idem)
         self.limiter = FixedWindowLimiter(self.r, cfg.rate_prefix, cfg.rate_limit_max, cfg.rate_limit_window_sec)
-        self.executor = executor or load_executor(cfg, self.r)
+        self.executor = executor or load_executor(cfg, pooled)
         self.venue = VenuePool(self.executor, self.limiter, cfg.exec_concurrency, cfg.stale_log_interval_sec)
         self._stopping = threading.Event()
         self._batch = Batch()  # outcomes not yet committed
@@ -59,6 +62,9 @@ class Service:
         self._redis_log = ThrottledLog(log, 10.0)
         self._reclaim_log = ThrottledLog(log, 10.0)
         self._claim_cursor: bytes = b"0-0"
+        self._last_read: bytes | None = None  # newest entry id this process read with ">"
+        self._safe_position: bytes | None = None  # every entry up to this id was acked when last looked at
+        self._repl_log = ThrottledLog(log, 10.0)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -89,13 +95,30 @@ class Service:
         except REDIS_DOWN as exc:
             self._redis_down(exc)
         except redis.ResponseError as exc:
+            if connection.is_failover_reply(exc):  # e.g. UNBLOCKED on a demoted master
+                self._redis_down(exc)
+                return
             if "NOGROUP" not in str(exc):
                 raise
-            log.warning("consumer_group_missing stream=%s group=%s action=recreate", self.cfg.intent_stream,
-                        self.cfg.group)
-            self._until_redis(self.io.ensure_group)
+            self._recreate_group()
+
+    def _recreate_group(self) -> None:
+        """The group vanished (a failover to a replica that never had it, a Redis that lost its data): make it again.
+
+        At the last position known to be safe, so nothing unacked is skipped and little is read twice: every entry up
+        to it was acked when last looked at. Entries after it are delivered again; those already done meet their
+        idempotency record and are acked as duplicates, those in flight are reconciled with the venue. Without a known
+        position the group starts at the stream's beginning (0), the same rule at a larger cost.
+        """
+        at = self._safe_position or b"0"
+        log.warning("consumer_group_missing stream=%s group=%s action=recreate position=%s basis=%s",
+                    self.cfg.intent_stream, self.cfg.group, at.decode(),
+                    "last_acked_position" if self._safe_position else "stream_start")
+        self._until_redis(lambda: self.io.ensure_group(at))
 
     def _redis_down(self, exc: Exception) -> None:
+        if self.cfg.sentinel is not None:
+            connection.reset(self.r)  # the master may have moved: ask the sentinels before the next attempt
         self._backoff = min(5.0, max(0.1, self._backoff * 2))
         if self._redis_log.ready():
             self._redis_log.log("redis_unavailable error=%r retry_in_sec=%.1f held=%d uncommitted=%d",
@@ -109,6 +132,10 @@ class Service:
                 self._backoff = 0.0
                 return
             except REDIS_DOWN as exc:
+                self._redis_down(exc)
+            except redis.ResponseError as exc:
+                if not connection.is_failover_reply(exc):
+                    raise
                 self._redis_down(exc)
 
     def _shutdown(self) -> int:
@@ -139,6 +166,7 @@ class Service:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._heartbeat()
+            self._safe_position = self.io.safe_position(self._last_read) or self._safe_position
             self._next_heartbeat = now + self.cfg.claim_idle_ms / 3000
         if now >= self._next_reclaim:
             more = self._reclaim()
@@ -195,7 +223,19 @@ class Service:
         if redelivered:
             held = set(self.venue.held_ids())
             entries = [(e, f) for e, f in entries if e not in held]  # already ours and in flight
-        self.venue.add(self.admission.admit(entries, self._batch, redelivered=redelivered, held=self.held))
+        elif entries:
+            self._last_read = entries[-1][0]
+        claimed = self.admission.admit(entries, self._batch, redelivered=redelivered, held=self.held)
+        if claimed and self.cfg.wait_replicas:
+            # The claim is what stops a second execution after a failover: no order goes out before a replica has
+            # it. Unconfirmed claims are not sent; they stay pending and come back by reclaim, then reconciled.
+            acked = self.io.wait()
+            if acked < self.cfg.wait_replicas:
+                log.warning("claim_not_replicated count=%d replicas_acked=%d wanted=%d timeout_ms=%d "
+                            "action=hold_for_reclaim", len(claimed), acked, self.cfg.wait_replicas,
+                            self.cfg.wait_timeout_ms)
+                return
+        self.venue.add(claimed)
 
     def _collect(self, timeout: float) -> None:
         """Turn finished executions into results waiting for the next commit."""
@@ -227,6 +267,8 @@ class Service:
         batch.counters["consumed"] = len(batch.acks)
         self.io.commit(batch)  # raises on a Redis outage; the same batch (same token) is retried next tick
         self._committed(batch)
+        if self.cfg.wait_replicas:
+            self._check_replicated(self.io.wait())
 
     def _commit_and_read(self, count: int, block_ms: int | None) -> list[Entry]:
         """``_commit()`` and then a read, in one round trip; the batch is committed before anything is read."""
@@ -236,7 +278,16 @@ class Service:
         batch.counters["consumed"] = len(batch.acks)
         entries = self.io.commit_and_read(batch, count, block_ms)  # raises like _commit; the batch is kept
         self._committed(batch)
+        if self.cfg.wait_replicas:
+            self._check_replicated(self.io.last_wait)
         return entries
+
+    def _check_replicated(self, acked: int) -> None:
+        """A commit no replica confirmed may be lost in a failover: its entries are then delivered again and
+        reconciled through their (replicated) claims, so this is logged, not retried."""
+        if acked < self.cfg.wait_replicas and self._repl_log.ready():
+            self._repl_log.log("commit_not_replicated replicas_acked=%d wanted=%d timeout_ms=%d action=none",
+                               acked, self.cfg.wait_replicas, self.cfg.wait_timeout_ms)
 
     def _committed(self, batch: Batch) -> None:
         if self.cfg.pipeline_diag:

@@ -74,11 +74,12 @@ class StreamIO:
         self._commit = client.register_script(_COMMIT)
         self._seq = 0
         self._nonce = os.urandom(6).hex()  # a restarted consumer with the same name never reuses a token
+        self.last_wait = 0  # replicas that confirmed the last commit_and_read (with REDIS_WAIT_REPLICAS)
 
-    def ensure_group(self) -> None:
-        """Create the group (and the stream) if missing; an existing group is kept as it is."""
+    def ensure_group(self, at: bytes | str = "0") -> None:
+        """Create the group (and the stream) if missing, its last-delivered id ``at``; an existing group is kept."""
         try:
-            self.r.xgroup_create(self.cfg.intent_stream, self.cfg.group, id="0", mkstream=True)
+            self.r.xgroup_create(self.cfg.intent_stream, self.cfg.group, id=at, mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -111,6 +112,24 @@ class StreamIO:
         wanted = set(ids)
         return {row["message_id"]: int(row["times_delivered"]) for row in rows if row["message_id"] in wanted}
 
+    def wait(self) -> int:
+        """WAIT for REDIS_WAIT_REPLICAS replicas to hold every write sent so far on this client's connection."""
+        return int(self.r.wait(self.cfg.wait_replicas, self.cfg.wait_timeout_ms))
+
+    def safe_position(self, last_read: bytes | None) -> bytes | None:
+        """An entry id up to which every entry is acked: just below the oldest pending one, else ``last_read``.
+
+        Where a lost group is recreated (the service's NOGROUP handling). None when nothing is known.
+        """
+        summary = self.r.xpending(self.cfg.intent_stream, self.cfg.group)
+        if not summary or not summary.get("pending"):
+            return last_read
+        oldest = summary["min"]
+        ms, seq = _id_key(oldest if isinstance(oldest, bytes) else str(oldest).encode())
+        if seq > 0:
+            return f"{ms}-{seq - 1}".encode()
+        return f"{ms - 1}-18446744073709551615".encode() if ms > 0 else b"0"
+
     def heartbeat(self, ids: list[bytes]) -> None:
         """Reset the idle time of entries still being worked on, so no other consumer reclaims them."""
         for i in range(0, len(ids), 500):
@@ -140,12 +159,18 @@ class StreamIO:
         keys, args = self._commit_call(batch)
         pipe = self.r.pipeline(transaction=False)
         pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+        if self.cfg.wait_replicas:  # on the pipeline's connection, right after the commit it confirms
+            pipe.wait(self.cfg.wait_replicas, self.cfg.wait_timeout_ms)
         pipe.xreadgroup(self.cfg.group, self.cfg.consumer, {self.cfg.intent_stream: ">"}, count=count, block=block_ms)
-        committed, reply = pipe.execute(raise_on_error=False)
-        if isinstance(committed, redis.exceptions.NoScriptError):  # script cache flushed (Redis restarted)
+        replies = pipe.execute(raise_on_error=False)
+        committed, reply = replies[0], replies[-1]
+        if isinstance(committed, redis.exceptions.NoScriptError):  # script cache flushed (Redis restarted, failover)
             self.commit(batch)  # loads the script; the token makes a second application impossible
+            self.last_wait = self.wait() if self.cfg.wait_replicas else 0
         elif isinstance(committed, Exception):
             raise committed
+        elif self.cfg.wait_replicas:
+            self.last_wait = replies[1] if isinstance(replies[1], int) else 0
         if isinstance(reply, Exception):
             raise reply
         return _entries(reply)

@@ -1,0 +1,192 @@
+"""A real Sentinel set-up on free loopback ports: a master, a replica and three sentinels, each its own process.
+
+The same binary as production (``redis-server`` and ``redis-server --sentinel``), with short detection times so a
+failover takes seconds. The venue of the failover tests lives in a Redis of its own (``VenueOnItsOwnRedis``): a
+paper venue inside the Redis that fails over would lose its own memory of an order together with the claim, and
+then could not tell a second order from a first one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from consumer.config import Config
+from consumer.executors.paper import PaperExecutor
+from support import REDIS_SERVER, free_port, wait_until
+
+MASTER_NAME = "qtest"
+
+
+class Node:
+    """One redis-server (data node or sentinel) with its own directory, restartable on the same port."""
+
+    def __init__(self, kind: str, root: Path, port: int | None = None) -> None:
+        self.kind = kind
+        self.port = port or free_port()
+        self.dir = root / f"{kind}-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, args: list[str]) -> "Node":
+        self.proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=self.dir)
+        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(probe.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, 15, what=f"{self.kind} on port {self.port} to answer PING")
+        return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=5, **kwargs)
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class SentinelCluster:
+    """Master + replica + three sentinels watching ``MASTER_NAME``; ``failover_after_kill`` measures the switch.
+
+    ``min_replicas`` is the master's (and the replica's, for when it is promoted) min-replicas-to-write, as the
+    deploy sets it.
+    """
+
+    def __init__(self, down_after_ms: int = 1000, min_replicas: int = 1, min_replicas_max_lag: int = 10) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="quantum-sentinel-"))
+        self.down_after_ms = down_after_ms
+        self.min_replicas = min_replicas
+        self.min_replicas_max_lag = min_replicas_max_lag
+        self.data = [Node("data", self.root), Node("data", self.root)]
+        self.sentinels = [Node("sentinel", self.root) for _ in range(3)]
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    def _data_args(self, node: Node, replica_of: Node | None) -> list[str]:
+        args = ["--port", str(node.port), "--bind", "127.0.0.1", "--dir", str(node.dir), "--save", "",
+                "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no",
+                "--logfile", str(node.dir / "redis.log"), "--min-replicas-to-write", str(self.min_replicas),
+                "--min-replicas-max-lag", str(self.min_replicas_max_lag), "--repl-diskless-sync", "yes",
+                "--repl-diskless-sync-delay", "0"]
+        if replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of.port)]
+        return args
+
+    def start(self) -> "SentinelCluster":
+        master, replica = self.data
+        master.start(self._data_args(master, None))
+        replica.start(self._data_args(replica, master))
+        wait_until(lambda: self._link_up(replica), 20, what="the replica to sync")
+        for s in self.sentinels:
+            conf = s.dir / "sentinel.conf"
+            conf.write_text(
+                f"port {s.port}\nbind 127.0.0.1\nprotected-mode no\ndir {s.dir}\nlogfile {s.dir / 'sentinel.log'}\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+                f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+            s.start([str(conf), "--sentinel"])
+        wait_until(lambda: all(self._sentinel_sees_all(s) for s in self.sentinels), 30,
+                   what="every sentinel to know the replica and the other sentinels")
+        return self
+
+    def cleanup(self) -> None:
+        for node in [*self.sentinels, *self.data]:
+            node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- views -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _link_up(replica: Node) -> bool:
+        try:
+            return replica.client().info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    def _sentinel_sees_all(self, s: Node) -> bool:
+        try:
+            m = s.client(decode_responses=True).sentinel_master(MASTER_NAME)
+        except redis.RedisError:
+            return False
+        return int(m.get("num-slaves", 0)) >= 1 and int(m.get("num-other-sentinels", 0)) >= 2
+
+    @property
+    def sentinel_env(self) -> dict[str, str]:
+        """The environment that points a service, the bridge or the proof at this set-up."""
+        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
+                "REDIS_SENTINEL_MASTER": MASTER_NAME}
+
+    def master_port(self) -> int:
+        """The master the sentinels agree on right now (asked of the first one that answers)."""
+        for s in self.sentinels:
+            try:
+                host, port = s.client().sentinel_get_master_addr_by_name(MASTER_NAME)
+                return int(port)
+            except (redis.RedisError, TypeError):
+                continue
+        raise AssertionError("no sentinel answered")
+
+    def node(self, port: int) -> Node:
+        return next(n for n in self.data if n.port == port)
+
+    def master(self) -> Node:
+        return self.node(self.master_port())
+
+    def replica(self) -> Node:
+        port = self.master_port()
+        return next(n for n in self.data if n.port != port)
+
+    # -- faults ----------------------------------------------------------------------------------------------
+
+    def kill_master(self) -> tuple[Node, float]:
+        """SIGKILL the master, wait for the sentinels to promote the replica; returns (old master, seconds)."""
+        old = self.master()
+        started = time.monotonic()
+        old.kill9()
+        new = wait_until(lambda: self.master_port() != old.port and self.master_port(), 60,
+                         what="the sentinels to promote the replica")
+        wait_until(lambda: self.node(new).client().info("replication").get("role") == "master", 30,
+                   what="the promoted replica to act as master")
+        return old, time.monotonic() - started
+
+    def restart_as_before(self, node: Node) -> None:
+        """Start a killed data node again with its own files; the sentinels turn it into a replica."""
+        node.start(self._data_args(node, None))
+
+    def wait_rejoined(self, node: Node, timeout: float = 60) -> None:
+        wait_until(lambda: self._link_up(node), timeout, what=f"port {node.port} to rejoin as a replica")
+
+
+class VenueOnItsOwnRedis(PaperExecutor):
+    """The paper venue with its order book in a separate Redis (``VENUE_REDIS_URL``), out of the failover's reach."""
+
+    def __init__(self, cfg: Config, client: redis.Redis) -> None:
+        venue = redis.Redis.from_url(os.environ["VENUE_REDIS_URL"])
+        super().__init__(venue, cfg.paper_latency_ms, cfg.paper_fail_rate, cfg.idempotency_ttl_sec)
