@@ -262,3 +262,22 @@ def test_the_proof_counts_lag_a_freshly_promoted_master_does_not_know(cluster):
     sample = collect.take_sample(proof, settings)
     assert sample.group.lag == 30 and sample.group.lag_estimated
     assert sample.backlog == 50
+
+
+@pytest.mark.slow
+def test_the_topology_names_master_replica_lag_and_agreeing_sentinels(cluster, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for k, v in cluster.sentinel_env.items():
+        monkeypatch.setenv(k, v)
+    r = collect.connect(ProofSettings(redis_url=""))
+    r.set("quantum:t", "1")
+    r.wait(1, 2000)
+    topo = collect.topology(r)
+    master, replica = cluster.master_port(), cluster.replica().port
+    assert topo["role"] == "master" and topo["master"] == f"127.0.0.1:{master}"
+    assert [x["address"] for x in topo["replicas"]] == [f"127.0.0.1:{replica}"]
+    assert topo["replicas"][0]["lag_bytes"] < 4096 and topo["replicas"][0]["state"] == "online"  # sentinel hellos move it
+    assert len(topo["sentinels"]) == 3 and {s["master"] for s in topo["sentinels"]} == {f"127.0.0.1:{master}"}
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match="REDIS_URL and REDIS_SENTINELS"):
+        collect.connect(ProofSettings(redis_url="redis://127.0.0.1:1/0"))

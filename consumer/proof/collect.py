@@ -8,6 +8,7 @@ so that the human layout, the JSON report and the live view share one shape.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def connect(settings: ProofSettings) -> redis.Redis:
-    """A client that fails fast: an unreachable Redis must become exit 2 within seconds, not hang an operator."""
-    return redis.Redis.from_url(
+    """A client that fails fast: an unreachable Redis must become exit 2 within seconds, not hang an operator.
+
+    With REDIS_SENTINELS + REDIS_SENTINEL_MASTER in the environment the sentinels name the master to read
+    (consumer/connection.py); a clash with REDIS_URL is a ValueError, which the caller reports as exit 2.
+    """
+    from ..connection import connect as connect_redis, sentinel_from_env
+
+    return connect_redis(
         settings.redis_url,
+        sentinel_from_env(os.environ),
         decode_responses=True,
         encoding_errors="replace",  # dead letters hold arbitrary bytes; a report must still print
         socket_connect_timeout=settings.connect_timeout_sec,
@@ -232,6 +240,38 @@ def take_sample(r: redis.Redis, s: ProofSettings) -> Sample:
         counters=counters(r, s.stats_key),
         dlq_length=r.xlen(s.dlq_stream),
     )
+
+
+def topology(r: redis.Redis) -> dict[str, Any]:
+    """Master, replicas with their replication lag, and (through Sentinel) the sentinels and their agreement.
+
+    The lag is the master's view (INFO replication): bytes behind ``master_repl_offset`` and seconds since the
+    replica's last acknowledgement. Sentinel facts only when the client came from ``REDIS_SENTINELS``.
+    """
+    repl = r.info("replication")
+    offset = _as_int(repl.get("master_repl_offset")) or 0
+    replicas = []
+    for key, value in sorted(repl.items()):
+        if re.fullmatch(r"slave[0-9]+", key) and isinstance(value, dict):
+            replicas.append({"address": f"{value.get('ip')}:{value.get('port')}", "state": value.get("state"),
+                             "lag_bytes": max(0, offset - (_as_int(value.get("offset")) or 0)),
+                             "lag_sec": _as_int(value.get("lag"))})
+    out: dict[str, Any] = {"role": repl.get("role"), "repl_offset": offset, "replicas": replicas,
+                           "min_replicas_good": _as_int(repl.get("min_slaves_good_slaves")), "sentinels": []}
+    manager = getattr(r, "sentinel_manager", None)
+    if manager is not None:
+        name = r.connection_pool.service_name
+        for s in manager.sentinels:
+            address = f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
+            try:
+                host, port = s.sentinel_get_master_addr_by_name(name)
+                host = host.decode() if isinstance(host, bytes) else host
+                out["sentinels"].append({"address": address, "master": f"{host}:{port}", "reachable": True})
+            except (redis.RedisError, OSError, TypeError):
+                out["sentinels"].append({"address": address, "master": None, "reachable": False})
+        out["master"] = f"{r.connection_pool.master_address[0]}:{r.connection_pool.master_address[1]}" \
+            if r.connection_pool.master_address else None
+    return out
 
 
 def server_facts(r: redis.Redis) -> tuple[str | None, str | None]:
