@@ -281,3 +281,26 @@ def test_the_topology_names_master_replica_lag_and_agreeing_sentinels(cluster, m
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     with pytest.raises(ValueError, match="REDIS_URL and REDIS_SENTINELS"):
         collect.connect(ProofSettings(redis_url="redis://127.0.0.1:1/0"))
+
+
+@pytest.mark.slow
+def test_a_read_blocked_when_its_master_turns_replica_is_answered_unblocked_and_ridden_out():
+    a, b = RedisServer().start(), RedisServer().start()
+    svc = ServiceProcess(a.url, XREADGROUP_BLOCK_MS=10000)
+    try:
+        svc.start()
+        ra = a.client()
+        wait_until(lambda: ra.exists(INTENTS), 10, what="the group")
+        wait_until(lambda: any(c.get("flags") and "b" in c["flags"] for c in ra.client_list()), 10,
+                   what="the service to block in XREADGROUP")
+        ra.replicaof("127.0.0.1", b.port)  # what Sentinel does to a demoted master
+        wait_until(lambda: "UNBLOCKED" in svc.log(), 20, what="the blocked read to be answered UNBLOCKED")
+        assert svc.proc.poll() is None, "UNBLOCKED is a failover, not a crash"
+        ra.replicaof("no", "one")
+        xadd(ra, intent(1))
+        wait_until(lambda: len(results(ra)) == 1, 30, what="the intent after the master came back")
+        assert svc.stop() == 0
+    finally:
+        svc.stop()
+        a.cleanup()
+        b.cleanup()
