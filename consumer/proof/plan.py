@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import Config, ConfigError
+from .observe import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class Context:
     state_file: str = "/var/lib/quantum/ramp/state.json"
     gate_window_sec: float = 60
     observe_window_sec: float = 60
-    error_rate_max: float = 0.05
-    cpu_max: float = 80.0
+    error_rate_max: float = Thresholds.error_rate_max  # the observe thresholds, written once
+    cpu_max: float = Thresholds.cpu_max
 
 
 @dataclass(frozen=True)
