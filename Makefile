@@ -59,15 +59,15 @@ rollback: bootstrap
 
 ## Local demo without the lab: a private redis-server, demo intents from the bridge, the service, the outcome.
 run: bootstrap
-	$(ACTIVATE) && python scripts/demo.py
+	$(ACTIVATE) && python -m scripts.demo
 
 ## Benchmark (bench/README.md): backlog drain and execution throughput against the raw Redis floor; writes
 ## bench/results.json. The quick size is the CI smoke (well under 2 minutes); its results go to bench/out/.
 bench: bootstrap
-	$(ACTIVATE) && python bench/run.py
+	$(ACTIVATE) && python -m bench.run
 
 bench-quick: bootstrap
-	$(ACTIVATE) && python bench/run.py --quick
+	$(ACTIVATE) && python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,8 +2,8 @@
 """Profile one service run of the benchmark with py-spy (all threads, idle included) and summarise the stacks.
 
     pip install py-spy            # into the venv only; not a runtime requirement
-    python bench/profile.py fresh --n 30000 --concurrency 1
-    python bench/profile.py stale --n 300000 --count 50
+    python -m bench.profile fresh --n 30000 --concurrency 1
+    python -m bench.profile stale --n 300000 --count 50
 
 Writes bench/out/profile-<kind>.txt (collapsed stacks, flamegraph input) and prints the functions with the most
 samples, inclusive and exclusive, per thread.
@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402
+from bench import run as bench
 
 
 def summarise(path: Path, top: int) -> str:
@@ -80,7 +79,7 @@ def main() -> int:
         pub = bench.Publisher(r, bench.INTENTS, bench.SCHEMA, bench.CFG.max_payload_bytes)
         age = bench.STALE_AGE if args.kind == "stale" else 0
         bench.bulk_load(pub, args.n, age, prefix=f"prof-{int(time.time())}")
-        svc = bench.Service(server.url, workdir, "prof", XREADGROUP_COUNT=args.count,
+        svc = bench.service(server, workdir, "prof", XREADGROUP_COUNT=args.count,
                             EXEC_CONCURRENCY=args.concurrency, PAPER_LATENCY_MS=args.latency_ms)
         svc.start()
         spy = subprocess.Popen([py_spy, "record", "--pid", str(svc.proc.pid), "--rate", str(args.rate),
@@ -101,7 +100,7 @@ def main() -> int:
         spy.wait(30)
         svc.stop()
     finally:
-        server.stop()
+        server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
     print(summarise(stacks, args.top))
     return 0

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Benchmark: backlog drain and execution throughput of the service against the raw Redis floor, in one run.
 
-    python bench/run.py            # full size (make bench): 1.4M stale backlog, writes bench/results.json
-    python bench/run.py --quick    # CI smoke size (make bench-quick), well under 2 minutes
+    python -m bench.run            # full size (make bench): 1.4M stale backlog, writes bench/results.json
+    python -m bench.run --quick    # CI smoke size (make bench-quick), well under 2 minutes
+
+From the project root (the harness/ and consumer/ packages are imported from there). The private redis-server and
+the service process are the tests' own (harness/), and the contract floor goes through the service's own stream I/O
+(consumer/streams.py, results.py, idempotency.py, ratelimit.py), so a change of the commit's format reaches it too.
 
 One private redis-server (loopback, free port, persistence off unless a figure says otherwise) serves every
 measurement, so every ratio compares the service with a floor measured on the same machine, in the same minute:
@@ -29,34 +33,33 @@ letter), so a fast but wrong service cannot post a figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import hiredis
+import redis
 
-import hiredis  # noqa: E402
-import redis  # noqa: E402
+from consumer.bridge import Publisher, bulk_load
+from consumer.config import Config
+from harness import REDIS_SERVER, ROOT, RedisServer, ServiceProcess
 
-from consumer.bridge import Publisher, bulk_load  # noqa: E402
-from consumer.config import Config  # noqa: E402
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-STATS = "quantum:stats:execution"
-INTENTS = "quantum:stream:trade.intent"
-RESULTS = "quantum:stream:execution.result"
-DLQ = "quantum:stream:trade.intent.dlq"
+CFG = Config()
+# The service's default names, from the one place they are written.
+STATS = CFG.stats_key
+INTENTS = CFG.intent_stream
+RESULTS = CFG.result_stream
+DLQ = CFG.dlq_stream
 MAX_AGE = 600  # INTENT_MAX_AGE_SEC of every service run
 STALE_AGE = 3600  # age of the stale backlog: well past the TTL
 LATENCY_MS = 20  # paper venue latency of the I/O-bound runs
@@ -80,12 +83,6 @@ SIZES: dict[str, dict[str, Any]] = {
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -150,133 +147,13 @@ def fdatasync_us(directory: Path, n: int = 200) -> dict[str, float]:
     return {"median": round(1e6 * times[n // 2], 1), "p90": round(1e6 * times[n * 9 // 10], 1)}
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (a smoke test's timeout), so no
-    redis-server is left running on its own."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+def service(server: RedisServer, workdir: Path, name: str, **env: Any) -> ServiceProcess:
+    """The service as the benchmark runs it: stale after MAX_AGE, no rate limit in the way, its log in ``workdir``."""
+    return ServiceProcess(server.url, log_dir=workdir, name=name, INTENT_MAX_AGE_SEC=MAX_AGE,
+                          CONSUMER_NAME=f"bench-{name}", RATE_LIMIT_MAX=10_000_000, PYTHONUNBUFFERED=1, **env)
 
 
-class RedisServer:
-    """A private redis-server on a free loopback port; persistence off until ``set_persistence`` turns the AOF on.
-
-    Its directory is under ``data_root`` (a disk filesystem, see ``disk_dir``) and removed by ``stop``.
-    """
-
-    def __init__(self, data_root: Path | None = None) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="quantum-bench-redis-", dir=data_root)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes",
-             # no automatic AOF rewrite: a fork + rewrite in the middle of a timed run would measure the rewrite
-             "--auto-aof-rewrite-percentage", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-    def set_persistence(self, policy: str, timeout: float = 300) -> None:
-        """``no``: appendonly no. ``everysec`` / ``always``: appendonly yes with that appendfsync, returning once the
-        initial rewrite of the data set into the AOF is done, so no timed run shares the disk with it."""
-        r = self.client()
-        if policy == "no":
-            r.config_set("appendonly", "no")
-            return
-        r.config_set("appendfsync", policy)
-        r.config_set("appendonly", "yes")
-        deadline = time.monotonic() + timeout
-        while True:
-            info = r.info("persistence")
-            if (info["aof_enabled"] and not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
-                    and info.get("aof_last_bgrewrite_status", "ok") == "ok"):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"AOF rewrite not done after {timeout:.0f}s: {info}")
-            time.sleep(0.02)
-
-    def aof_size(self) -> int:
-        """Bytes in the AOF (0 when it is off): its growth over a run is what that run made Redis write."""
-        return int(self.client().info("persistence").get("aof_current_size", 0))
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Service:
-    """``python -m consumer`` as a subprocess; READY=1 arrives on a datagram socket this harness owns."""
-
-    def __init__(self, url: str, workdir: Path, name: str, **env: Any) -> None:
-        self.sock_path = str(workdir / f"notify-{name}.sock")
-        self.log_path = workdir / f"service-{name}.log"
-        self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        self.env.update({"REDIS_URL": url, "INTENT_MAX_AGE_SEC": str(MAX_AGE), "CONSUMER_NAME": f"bench-{name}",
-                         "RATE_LIMIT_MAX": "10000000", "NOTIFY_SOCKET": self.sock_path, "PYTHONUNBUFFERED": "1"})
-        self.env.update({k: str(v) for k, v in env.items()})
-        self.proc: subprocess.Popen | None = None
-        self.sock: socket.socket | None = None
-
-    def start(self) -> float:
-        """Start and wait for READY=1; returns the perf_counter time it arrived."""
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.sock_path)
-        self.sock.settimeout(0.2)
-        self._log = open(self.log_path, "wb")
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "consumer"], cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                msg = self.sock.recv(4096)
-            except socket.timeout:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"service did not send READY=1; see {self.log_path}") from None
-                continue
-            if b"READY=1" in msg.split(b"\n"):
-                return time.perf_counter()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._log.close()
-        if self.sock:
-            self.sock.close()
-            os.unlink(self.sock_path)
-        return code
-
-
-def wait_counter(r: redis.Redis, field: str, target: int, svc: Service, timeout: float) -> tuple[float, float]:
+def wait_counter(r: redis.Redis, field: str, target: int, svc: ServiceProcess, timeout: float) -> tuple[float, float]:
     """Poll the counters hash until ``field`` reaches ``target``; returns (first move, reached) perf_counter times."""
     first = None
     deadline = time.perf_counter() + timeout
@@ -328,52 +205,52 @@ def floor_once(r: redis.Redis, stream: str, group: str, count: int, n: int) -> f
 def contract_floor_once(r: redis.Redis, n: int, count: int = 50) -> float:
     """Intents/s of the fresh path's Redis work alone, from one plain loop with nothing of the service around it.
 
-    Per batch of ``count``: XREADGROUP, the idempotency claim script, the rate-limit script, the paper venue's
-    script, the commit script (pre-rendered result documents, ``done`` records, acks, counters): the same scripts the
-    service runs, imported from it, with the same arguments' shape. No JSON parsing, no schema, no result rendering,
-    no thread pool. What is left is what any single-threaded redis-py consumer of this contract pays.
+    Per batch of ``count``: the read, the idempotency claims, the rate limiter, the paper venue's script, the commit
+    (pre-rendered result documents, ``done`` records, acks, counters), each through the service's own object
+    (StreamIO, IdempotencyStore, FixedWindowLimiter) on a private group and keys: the arguments are the service's,
+    so a change of the commit's format changes this floor with it rather than leaving it measuring another contract.
+    No JSON parsing, no schema, no per-intent result rendering, no thread pool. What is left is what any
+    single-threaded redis-py consumer of this contract pays.
     """
-    from consumer import idempotency, ratelimit, streams
-    from consumer.executors import paper
+    from consumer.executors import Report, paper
+    from consumer.idempotency import ClaimRequest, IdempotencyStore
+    from consumer.ratelimit import FixedWindowLimiter
+    from consumer.results import encode, result_document
+    from consumer.streams import Batch, StreamIO
+    from consumer.work import Outcome, Work
 
-    claim = r.register_script(idempotency._CLAIM)
-    acquire = r.register_script(ratelimit._ACQUIRE)
+    cfg = dataclasses.replace(CFG, group="bench-contract", consumer="contract", stats_key="bench:stats",
+                              idem_prefix="bench:idem:", wait_replicas=0)
+    io = StreamIO(r, cfg)
+    idem = IdempotencyStore(r, cfg.idem_prefix, cfg.idempotency_ttl_sec, cfg.consumer)
+    limiter = FixedWindowLimiter(r, "bench:rate:", 10**9, 1)
     venue = r.register_script(paper._SUBMIT_MANY)
-    commit = r.register_script(streams._COMMIT)
-    group = "bench-contract"
-    r.xgroup_create(INTENTS, group, id="0")
-    result = json.dumps({"intent_id": "bulk-0123456789abcdef01234567", "status": "FILLED", "symbol": "BTCUSDT",
-                         "side": "BUY", "qty": 0.015625, "filled_qty": 0.015625, "avg_price": 64012.5,
-                         "executor": "paper", "client_order_id": "bulk-0123456789abcdef01234567",
-                         "venue_order_id": "paper-bulk-0123456789abcdef01234567", "source_entry_id": "1-0",
-                         "consumer": "bench-host-12345", "received_at": "2026-01-01T00:00:00.000Z",
-                         "executed_at": "2026-01-01T00:00:00.000Z", "latency_ms": 0.05, "intent_age_ms": 12.5,
-                         "reconciled": False, "error": None}, separators=(",", ":")).encode()
-    record = b'{"status":"FILLED","filled_qty":0.015625,"avg_price":64012.5,"venue_order_id":"paper-x","error":null}'
-    ttl = CFG.idempotency_ttl_sec
-    done = seq = 0
+    # One result document and venue record, rendered by the service's own functions, stand for every intent.
+    intent_id = "bulk-0123456789abcdef01234567"
+    report = Report(status="FILLED", filled_qty=0.015625, avg_price=64012.5, venue_order_id=f"paper-{intent_id}")
+    now = time.time()
+    work = Work(entry_id=b"1-0", intent={"intent_id": intent_id, "symbol": "BTCUSDT", "side": "BUY", "qty": 0.015625},
+                received_at=now, created=now - 0.0125)
+    result = encode(result_document(work, Outcome(report, now, now + 5e-5, False), "paper", "bench-host-12345"))
+    record = paper._JSON.encode(report.__dict__)
+    ttl = cfg.idempotency_ttl_sec
+    io.ensure_group()
+    done = 0
     t0 = time.perf_counter()
     while done < n:
-        reply = r.xreadgroup(group, "contract", {INTENTS: ">"}, count=min(count, n - done))
-        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        entries = io.read(min(count, n - done), None)
         if not entries:
             break
         ids = [eid for eid, _ in entries]
         names = [eid.decode() for eid in ids]
-        idem = [f"bench:idem:{x}" for x in names]
-        claim(keys=idem, args=[ttl, *(f"claimed|{x}|contract" for x in names)])
-        acquire(keys=["bench:rate"], args=[len(ids), 10**9, 2])
+        idem.claim([ClaimRequest(x, x) for x in names])
+        limiter.acquire(len(ids))
         venue(keys=[f"bench:paper:{x}" for x in names], args=[ttl, *([record] * len(ids))])
-        seq += 1
-        args: list[Any] = [group, 3600, ttl, CFG.stream_maxlen, len(ids), 0, len(ids), 1]
-        for x in names:
-            args += (result, f"done|{x}|FILLED")
-        args += ids
-        args += ("executed", len(ids))
-        commit(keys=[INTENTS, RESULTS, DLQ, "bench:stats", f"bench:token:{seq}", *idem], args=args)
+        io.commit(Batch(results=[(idem.key(x), result, idem.done_value(x, "FILLED")) for x in names], acks=ids,
+                        counters=Counter(executed=len(ids))))
         done += len(ids)
     elapsed = time.perf_counter() - t0
-    r.xgroup_destroy(INTENTS, group)
+    r.xgroup_destroy(INTENTS, cfg.group)
     if done < n:
         raise RuntimeError(f"contract floor read only {done} of {n} entries")
     return n / elapsed
@@ -382,22 +259,22 @@ def contract_floor_once(r: redis.Redis, n: int, count: int = 50) -> float:
 # -- the service runs ---------------------------------------------------------------------------------------------
 
 def service_run(server: RedisServer, workdir: Path, name: str, *, field: str, n: int, timeout: float,
-                stream: str = INTENTS, group: str = "quantum-execution", **env: Any) -> dict[str, Any]:
+                stream: str = INTENTS, group: str = CFG.group, **env: Any) -> dict[str, Any]:
     """Start the service, time READY -> counter ``field`` = n, read its peak RSS and CPU, stop it."""
     r = server.client()
     r.delete(STATS)
-    svc = Service(server.url, workdir, name, INTENT_STREAM=stream, CONSUMER_GROUP=group, **env)
+    svc = service(server, workdir, name, INTENT_STREAM=stream, CONSUMER_GROUP=group, **env)
     aof0 = server.aof_size()
     redis_cpu0 = cpu_seconds(server.proc.pid)
-    ready = svc.start()
-    svc_cpu0 = cpu_seconds(svc.proc.pid)
+    ready = svc.start(timeout=30).ready_at
+    svc_cpu0 = cpu_seconds(svc.pid)
     try:
         first, done = wait_counter(r, field, n, svc, timeout)
-        rss = peak_rss_mb(svc.proc.pid)
-        svc_cpu = cpu_seconds(svc.proc.pid) - svc_cpu0
+        rss = peak_rss_mb(svc.pid)
+        svc_cpu = cpu_seconds(svc.pid) - svc_cpu0
         redis_cpu = cpu_seconds(server.proc.pid) - redis_cpu0
     finally:
-        code = svc.stop()
+        code = svc.stop(timeout=60)
     if code != 0:
         raise RuntimeError(f"service {name} exited with {code}; see {svc.log_path}")
     aof_bytes = server.aof_size() - aof0
@@ -591,8 +468,8 @@ def run(size: str, out: Path, workdir: Path, redis_root: Path | None = None) -> 
     if disk["memory_backed"]:
         log(f"WARNING: {root} is {disk['fstype']}: an fsync costs nothing there, the aof figures say nothing about "
             "a disk; pass --redis-dir on a disk filesystem")
-    server = RedisServer(root).start()
-    disk["data_dir"] = server.dir  # removed by server.stop(); the smoke test checks it is gone
+    server = RedisServer(data_root=root).start()
+    disk["data_dir"] = str(server.dir)  # removed by server.cleanup(); the smoke test checks it is gone
     figures: dict[str, dict[str, Any]] = {}
     try:
         machine = {**versions(server), "redis_dir": disk}
@@ -689,7 +566,7 @@ def run(size: str, out: Path, workdir: Path, redis_root: Path | None = None) -> 
         # 5. persistence: the same server, appendonly yes, under each appendfsync policy
         figures.update(persistence_runs(server, workdir, p, figures))
     finally:
-        server.stop()
+        server.cleanup()
 
     rss_max = max(f["peak_rss_mb"] for f in figures.values() if "peak_rss_mb" in f)
     figures["peak_rss_max"] = {"kind": "memory", "unit": "MiB", "value": rss_max, "target": TARGETS["rss_mb"],
@@ -766,7 +643,6 @@ def persistence_lines(summary: dict[str, Any]) -> list[str]:
             "cost of appendfsync always vs everysec (throughput change): " + ", ".join(cost)]
 
 
-CFG = Config()
 SCHEMA = None
 
 

@@ -3,7 +3,7 @@
 
 Loads 200k stale + 10k valid + 1k invalid + 1k duplicated intents, runs ``python -m consumer`` until every entry has
 an outcome, stops it with SIGTERM and prints what happened. Exit 0 only when the outcome is exactly as expected.
-Sizes are flags so the tests can run a smaller copy.
+Sizes are flags so the tests can run a smaller copy. Run from the project root: ``python -m scripts.demo``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ import random
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from consumer.bridge import Publisher, bulk_load, synthetic_intent  # noqa: E402
-from consumer.config import Config  # noqa: E402
-from support import (DLQ, GROUP, INTENTS, RESULTS, RedisServer, ServiceProcess, pending, stats,  # noqa: E402
-                     wait_until)
+from consumer.bridge import Publisher, bulk_load, synthetic_intent
+from consumer.config import Config
+from tests.support import DLQ, GROUP, INTENTS, RESULTS, RedisServer, ServiceProcess, pending, stats, wait_until
 
 INVALID_KINDS = [
     lambda rng, d: json.dumps({**d, "side": "HOLD"}),

@@ -34,7 +34,7 @@ def _number(x) -> bool:
 @pytest.mark.timeout(300)
 def test_quick_bench_writes_every_figure(tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "figure" in proc.stdout  # the table was printed

@@ -12,7 +12,7 @@ from support import ROOT
 
 @pytest.mark.slow
 def test_demo_backlog_ends_exactly_as_documented():
-    done = subprocess.run([sys.executable, "scripts/demo.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "scripts.demo"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "results: 10000 for 10000 intent_ids (max per id 1)" in out

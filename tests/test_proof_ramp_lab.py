@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-from quantum_labkit import ANSIBLE, ENV_FILE, LAB_HOSTS, LAB_KEY, LabHost  # noqa: E402
+from quantum_labkit import ANSIBLE, ENV_FILE, LAB_HOSTS, LAB_KEY, LabHost
 
 HOST, IP, GATEWAY = "qramp1", "10.213.48.2", "10.213.48.1"
 STATE_FILE = "/var/lib/quantum/ramp/state.json"

@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,10 +29,8 @@ from typing import Any
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quantum_labkit import ANSIBLE, Fleet, FleetHost, wait_until  # noqa: E402
-from support import intent  # noqa: E402
+from quantum_labkit import ANSIBLE, Fleet, FleetHost, wait_until
+from support import intent
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -16,15 +16,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import ANSIBLE, ENV_FILE, UNITS, LabHost, recap, wait_until  # noqa: E402
+from quantum_labkit import ANSIBLE, ENV_FILE, UNITS, LabHost, recap, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1200)]
 NAME, IP, GATEWAY = "qe2e1", "10.213.61.2", "10.213.61.1"

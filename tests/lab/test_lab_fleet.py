@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import Fleet, FleetHost, lab_traces, recap, wait_until  # noqa: E402
+from quantum_labkit import Fleet, FleetHost, lab_traces, recap, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 NAMES = ["qtf-r", "qtf-x1", "qtf-x2"]

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import LAB_HOSTS, LabHost, recap, wait_until  # noqa: E402
+from quantum_labkit import LAB_HOSTS, LabHost, recap, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 NAME, IP, GATEWAY = "qlt1", "10.213.62.2", "10.213.62.1"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import ANSIBLE, ROOT  # noqa: E402
+from quantum_labkit import ANSIBLE, ROOT
 
 pytestmark = pytest.mark.timeout(300)
 BIN = Path(sys.executable).parent

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import ROOT, STATUS_SCRIPT  # noqa: E402
+from quantum_labkit import ROOT, STATUS_SCRIPT
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1200)]
 BIN = Path(sys.executable).parent
