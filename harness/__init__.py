@@ -6,6 +6,6 @@ outside the shipped package (the release tree is consumer/ and schemas/): nothin
 the project root: pytest.ini puts the root on the path, `python -m bench.run` and `python -m scripts.demo` start there.
 """
 
-from .processes import REDIS_SERVER, ROOT, RedisServer, ServiceProcess, free_port, wait_until
+from .processes import REDIS_SERVER, ROOT, RedisServer, ServiceProcess, end_process, free_port, wait_until
 
-__all__ = ["REDIS_SERVER", "ROOT", "RedisServer", "ServiceProcess", "free_port", "wait_until"]
+__all__ = ["REDIS_SERVER", "ROOT", "RedisServer", "ServiceProcess", "end_process", "free_port", "wait_until"]

@@ -38,6 +38,21 @@ def wait_until(cond: Callable[[], Any], timeout: float = 20.0, interval: float =
         time.sleep(interval)
 
 
+def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+    """Signal a child and reap it; one still running after ``timeout`` is killed, never left behind.
+
+    Returns its exit status, or None when it had to be killed.
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (a test's timeout), so that no
     redis-server is left running on its own."""
@@ -89,13 +104,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end_process(self.proc)
         self.proc = None
 
     def restart(self) -> None:
@@ -197,18 +207,11 @@ class ServiceProcess:
         """Signal and wait; a process still running after ``timeout`` is killed (never left behind) and reported."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        proc, self.proc = self.proc, None
+        rc = end_process(proc, sig, timeout)
+        if rc is None:
             raise AssertionError(f"service did not stop within {timeout}s of signal {sig}; killed. "
-                                 f"Log: {self.log()[-2000:]}") from None
-        finally:
-            if self.proc.poll() is not None:
-                self.proc = None
+                                 f"Log: {self.log()[-2000:]}")
         return rc
 
     def kill9(self) -> None:

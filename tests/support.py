@@ -43,12 +43,14 @@ def intent(n: int | str = 0, age_sec: float = 0.0, **overrides: Any) -> dict[str
         "symbol": "BTCUSDT", "side": "BUY", "order_type": "LIMIT", "qty": 0.5, "price": 64000.5,
         "timestamp": iso(time.time() - age_sec), "source": "tests", "confidence": 0.9,
     }
-    for key, value in overrides.items():
-        if value is None:
-            doc.pop(key, None)
-        else:
-            doc[key] = value
-    return doc
+    return changed(doc, **overrides)
+
+
+def changed(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of ``doc`` with ``changes`` applied; a change to None removes the field."""
+    out = {k: v for k, v in doc.items() if k not in changes or changes[k] is not None}
+    out.update((k, v) for k, v in changes.items() if v is not None)
+    return out
 
 
 def xadd(r: redis.Redis, doc: Any, stream: str = INTENTS, **fields: Any) -> bytes:

@@ -17,6 +17,7 @@ if __name__ == "__main__":  # run alone (the deploy's pre-flight): pytest.ini's 
 import jsonschema  # noqa: E402
 
 from consumer.validation import IntentValidator, InvalidIntent, SchemaValidator, load_schema  # noqa: E402
+from support import changed  # noqa: E402
 
 SCHEMA_DIR = ROOT / "schemas"
 VALIDATOR = IntentValidator(SCHEMA_DIR, 16_384)
@@ -28,13 +29,7 @@ VALID = {
 
 
 def with_(**changes):
-    doc = dict(VALID)
-    for k, v in changes.items():
-        if v is None:
-            doc.pop(k, None)
-        else:
-            doc[k] = v
-    return doc
+    return changed(VALID, **changes)
 
 
 def rejected(doc, field: str) -> None:
