@@ -29,8 +29,10 @@ MASTER_NAME = "qtest"
 class Node:
     """One redis-server (data node or sentinel) with its own directory, restartable on the same port."""
 
-    def __init__(self, kind: str, root: Path, port: int | None = None) -> None:
+    def __init__(self, kind: str, root: Path, port: int | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         self.kind = kind
+        self.auth = auth  # (user, password) when the node has ACL users
         self.port = port or free_port()
         self.dir = root / f"{kind}-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +41,8 @@ class Node:
     def start(self, args: list[str]) -> "Node":
         self.proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd=self.dir)
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1)
+        probe = self.client()
+        probe.connection_pool.connection_kwargs["socket_connect_timeout"] = 0.2
 
         def up() -> bool:
             try:
@@ -51,6 +54,8 @@ class Node:
         return self
 
     def client(self, **kwargs: Any) -> redis.Redis:
+        if self.auth is not None:
+            kwargs = {"username": self.auth[0], "password": self.auth[1], **kwargs}
         return redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=5, **kwargs)
 
     def kill9(self) -> None:
@@ -78,13 +83,17 @@ class SentinelCluster:
     deploy sets it.
     """
 
-    def __init__(self, down_after_ms: int = 1000, min_replicas: int = 1, min_replicas_max_lag: int = 10) -> None:
+    def __init__(self, down_after_ms: int = 1000, min_replicas: int = 1, min_replicas_max_lag: int = 10,
+                 roles: "RoleFiles | None" = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="quantum-sentinel-"))
         self.down_after_ms = down_after_ms
         self.min_replicas = min_replicas
         self.min_replicas_max_lag = min_replicas_max_lag
-        self.data = [Node("data", self.root), Node("data", self.root)]
-        self.sentinels = [Node("sentinel", self.root) for _ in range(3)]
+        self.roles = roles  # the files the Ansible roles write (ACL users, replication settings, sentinel.conf)
+        data_auth = roles.admin if roles else None
+        sentinel_auth = roles.sentinel_client if roles else None
+        self.data = [Node("data", self.root, auth=data_auth), Node("data", self.root, auth=data_auth)]
+        self.sentinels = [Node("sentinel", self.root, auth=sentinel_auth) for _ in range(3)]
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -96,6 +105,10 @@ class SentinelCluster:
                 "--repl-diskless-sync-delay", "0"]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of.port)]
+        if self.roles is not None:  # the role's files first, then the test's ports and paths
+            conf = node.dir / "node.conf"
+            conf.write_text(f"aclfile {self.roles.aclfile}\ninclude {self.roles.replication_conf}\n")
+            args = [str(conf), *args]
         return args
 
     def start(self) -> "SentinelCluster":
@@ -105,12 +118,16 @@ class SentinelCluster:
         wait_until(lambda: self._link_up(replica), 20, what="the replica to sync")
         for s in self.sentinels:
             conf = s.dir / "sentinel.conf"
-            conf.write_text(
-                f"port {s.port}\nbind 127.0.0.1\nprotected-mode no\ndir {s.dir}\nlogfile {s.dir / 'sentinel.log'}\n"
-                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2\n"
-                f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {MASTER_NAME} 10000\n"
-                f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+            local = (f"port {s.port}\nbind 127.0.0.1\nprotected-mode no\ndir {s.dir}\n"
+                     f"logfile {s.dir / 'sentinel.log'}\npidfile {s.dir / 'sentinel.pid'}\nsupervised no\n")
+            if self.roles is not None:
+                conf.write_text(self.roles.sentinel_conf(s.port, master.port) + local)
+            else:
+                conf.write_text(
+                    local + f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2\n"
+                    f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
+                    f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+                    f"sentinel parallel-syncs {MASTER_NAME} 1\n")
             s.start([str(conf), "--sentinel"])
         wait_until(lambda: all(self._sentinel_sees_all(s) for s in self.sentinels), 30,
                    what="every sentinel to know the replica and the other sentinels")
@@ -140,8 +157,12 @@ class SentinelCluster:
     @property
     def sentinel_env(self) -> dict[str, str]:
         """The environment that points a service, the bridge or the proof at this set-up."""
-        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
-                "REDIS_SENTINEL_MASTER": MASTER_NAME}
+        env = {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
+               "REDIS_SENTINEL_MASTER": MASTER_NAME}
+        if self.roles is not None:
+            env.update(REDIS_SENTINEL_USERNAME=self.roles.sentinel_client[0],
+                       REDIS_SENTINEL_PASSWORD=self.roles.sentinel_client[1])
+        return env
 
     def master_port(self) -> int:
         """The master the sentinels agree on right now (asked of the first one that answers)."""
@@ -190,3 +211,58 @@ class VenueOnItsOwnRedis(PaperExecutor):
     def __init__(self, cfg: Config, client: redis.Redis) -> None:
         venue = redis.Redis.from_url(os.environ["VENUE_REDIS_URL"])
         super().__init__(venue, cfg.paper_latency_ms, cfg.paper_fail_rate, cfg.idempotency_ttl_sec)
+
+
+class RoleFiles:
+    """users.acl (role quantum_redis, with the extra users of quantum_sentinel), the replication settings and
+    sentinel.conf, rendered from the roles' own templates and defaults with fresh passwords."""
+
+    def __init__(self, root: Path, master_name: str = MASTER_NAME, down_after_ms: int = 1000) -> None:
+        import hashlib
+
+        import jinja2
+        import yaml
+
+        from support import ROOT
+
+        roles = ROOT / "ansible" / "roles"
+        self.passwords = {k: os.urandom(12).hex() for k in
+                          ("admin", "exec", "engine", "proof", "replication", "monitor", "peer", "client")}
+        redis_defaults = yaml.safe_load((roles / "quantum_redis" / "defaults" / "main.yml").read_text())
+        sentinel_defaults = yaml.safe_load((roles / "quantum_sentinel" / "defaults" / "main.yml").read_text())
+        values: dict[str, Any] = {k: v for k, v in {**redis_defaults, **sentinel_defaults}.items()
+                                  if isinstance(v, (str, int, list)) and "{{" not in str(v)}
+        for k in ("admin", "exec", "engine", "proof"):
+            values[f"quantum_redis_password_{k}"] = self.passwords[k]
+        for k in ("replication", "monitor", "peer", "client"):
+            values[f"quantum_sentinel_password_{k}"] = self.passwords[k]
+        values["quantum_redis_acl_extra_users"] = [
+            {"name": values["quantum_sentinel_user_replication"], "password": self.passwords["replication"],
+             "rules": values["quantum_sentinel_acl_replication"]},
+            {"name": values["quantum_sentinel_user_monitor"], "password": self.passwords["monitor"],
+             "rules": values["quantum_sentinel_acl_monitor"]},
+        ]
+        values.update(quantum_sentinel_master_name=master_name, quantum_sentinel_address="127.0.0.1",
+                      quantum_sentinel_down_after_ms=down_after_ms, quantum_sentinel_failover_timeout_ms=10000)
+        self.values = values
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True)
+        env.filters["hash"] = lambda value, algo: hashlib.new(algo, value.encode()).hexdigest()
+        self._env = env
+        self._roles = roles
+        self.aclfile = root / "users.acl"
+        self.aclfile.write_text(self._render("quantum_redis", "users.acl.j2"))
+        self.replication_conf = root / "quantum-replication.conf"
+        self.replication_conf.write_text(self._render("quantum_sentinel", "replication.conf.j2"))
+        self.admin = (values["quantum_redis_user_admin"], self.passwords["admin"])
+        self.exec_user = (values["quantum_redis_user_exec"], self.passwords["exec"])
+        self.engine_user = (values["quantum_redis_user_engine"], self.passwords["engine"])
+        self.sentinel_client = (values["quantum_sentinel_user_client"], self.passwords["client"])
+
+    def _render(self, role: str, template: str, **extra: Any) -> str:
+        text = (self._roles / role / "templates" / template).read_text()
+        return self._env.from_string(text).render(**{**self.values, **extra})
+
+    def sentinel_conf(self, port: int, master_port: int) -> str:
+        return self._render("quantum_sentinel", "sentinel.conf.j2", quantum_sentinel_port=port,
+                            quantum_redis_port=master_port, quantum_sentinel_conf="sentinel.conf",
+                            quantum_sentinel_master_address="127.0.0.1")

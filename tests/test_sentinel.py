@@ -304,3 +304,55 @@ def test_a_read_blocked_when_its_master_turns_replica_is_answered_unblocked_and_
         svc.stop()
         a.cleanup()
         b.cleanup()
+
+
+@pytest.mark.slow
+def test_the_roles_files_run_a_failover_with_every_user_held_to_its_rules(tmp_path, venue):
+    """users.acl (with the replication and sentinel users), the replication settings and sentinel.conf exactly as the
+    roles write them: the replica syncs as its own user, the sentinels watch and fail over as theirs, the service and
+    the publisher find the master through the sentinels' client user and WAIT as their own users."""
+    from sentinel_support import RoleFiles
+
+    files = RoleFiles(tmp_path)
+    cluster = SentinelCluster(roles=files).start()
+    try:
+        master = cluster.master()
+        assert master.client().info("replication")["connected_slaves"] == 1, "the replica logged in as its user"
+        anon = redis.Redis(port=cluster.sentinels[0].port, socket_timeout=2)
+        with pytest.raises(redis.AuthenticationError):
+            anon.ping()  # the sentinels' default user is off
+        client = cluster.sentinels[0].client()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)  # the client user only looks
+        env = {**cluster.sentinel_env, "REDIS_USERNAME": files.exec_user[0], "REDIS_PASSWORD": files.exec_user[1]}
+        svc = ServiceProcess("unused", EXECUTOR="sentinel_support:VenueOnItsOwnRedis", VENUE_REDIS_URL=venue.url,
+                             PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), CLAIM_IDLE_MS=3000, **env)
+        del svc.env["REDIS_URL"]
+        svc.start()
+        pub = Publisher.from_config(Config.from_env({**cluster.sentinel_env, "REDIS_USERNAME": files.engine_user[0],
+                                                     "REDIS_PASSWORD": files.engine_user[1]}))
+        for i in range(20):
+            pub.publish(intent(i))
+        admin = master.client()
+        wait_until(lambda: admin.xlen(RESULTS) == 20, 30, what="20 results before the failover")
+        old, failover_sec = cluster.kill_master()
+        cluster.restart_as_before(old)
+        cluster.wait_rejoined(old)
+        sent = 20
+        while sent < 40:
+            try:
+                pub.publish(intent(sent))
+                sent += 1
+            except (redis.ConnectionError, redis.ResponseError) as exc:
+                assert not isinstance(exc, redis.ResponseError) or connection.is_failover_reply(exc), exc
+                time.sleep(0.1)
+        new_admin = cluster.master().client()
+        wait_until(lambda: new_admin.xlen(RESULTS) >= 40 and int(new_admin.xpending(INTENTS, GROUP)["pending"]) == 0,
+                   60, what="40 results after the failover")
+        got = Counter(json.loads(f[b"payload"])["intent_id"] for _, f in new_admin.xrange(RESULTS))
+        assert len(got) == 40 and set(got.values()) == {1}
+        assert "NOPERM" not in svc.log(), svc.log()
+        assert svc.stop() == 0
+        print(f"failover_sec={failover_sec:.2f} with the roles' ACL users")
+    finally:
+        cluster.cleanup()
