@@ -86,6 +86,9 @@ def sentinel_from_env(env: Mapping[str, str]) -> SentinelTarget | None:
         return (env.get(name) or "").strip()
 
     raw, master = get("REDIS_SENTINELS"), get("REDIS_SENTINEL_MASTER")
+    # read together, so that the README's variable table and this reader name the same variables
+    username, password, db_raw = get("REDIS_USERNAME"), get("REDIS_PASSWORD"), get("REDIS_DB") or "0"
+    sentinel_username, sentinel_password = get("REDIS_SENTINEL_USERNAME"), get("REDIS_SENTINEL_PASSWORD")
     if not raw:
         if master:
             raise ConfigError(f"REDIS_SENTINEL_MASTER={master!r} is set without REDIS_SENTINELS "
@@ -98,12 +101,10 @@ def sentinel_from_env(env: Mapping[str, str]) -> SentinelTarget | None:
     if not master or any(c.isspace() for c in master):
         raise ConfigError(f"REDIS_SENTINEL_MASTER={master!r} is not allowed (the master name the sentinels monitor, "
                           "required with REDIS_SENTINELS)")
-    db_raw = get("REDIS_DB") or "0"
     if not db_raw.isdigit() or int(db_raw) > 15:
         raise ConfigError(f"REDIS_DB={db_raw!r} is not allowed (0..15)")
-    return SentinelTarget(addresses, master, get("REDIS_USERNAME") or None, get("REDIS_PASSWORD") or None,
-                          get("REDIS_SENTINEL_USERNAME") or None, get("REDIS_SENTINEL_PASSWORD") or None,
-                          int(db_raw))
+    return SentinelTarget(addresses, master, username or None, password or None, sentinel_username or None,
+                          sentinel_password or None, int(db_raw))
 
 
 def connect(url: str, sentinel: SentinelTarget | None = None, **kwargs: Any) -> redis.Redis:
