@@ -126,9 +126,9 @@ def venue():
 
 
 def sentinel_service(cluster: SentinelCluster, venue: RedisServer, **env: Any) -> ServiceProcess:
+    env = {"CLAIM_IDLE_MS": 3000, "REDIS_WAIT_TIMEOUT_MS": 500, **cluster.sentinel_env, **env}
     svc = ServiceProcess("unused", EXECUTOR="sentinel_support:VenueOnItsOwnRedis", VENUE_REDIS_URL=venue.url,
-                         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), CLAIM_IDLE_MS=3000,
-                         REDIS_WAIT_TIMEOUT_MS=500, **cluster.sentinel_env, **env)
+                         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **env)
     del svc.env["REDIS_URL"]
     return svc
 
@@ -189,12 +189,17 @@ def test_kill_9_of_the_master_under_traffic_loses_and_doubles_nothing(cluster, v
     r = master_client(cluster)
     try:
         wait_until(lambda: len(engine.acked) >= 300 and len(outcomes(r)) >= 200, 60, what="traffic under way")
+        killed_at = time.monotonic()
         old, failover_sec = cluster.kill_master()
         published_at_kill = len(engine.acked)
         restarted = time.monotonic()
         cluster.restart_as_before(old)
         cluster.wait_rejoined(old)
         rejoin_sec = time.monotonic() - restarted
+        r = master_client(cluster)
+        done_at_rejoin = len(results(r))
+        wait_until(lambda: len(results(r)) > done_at_rejoin, 60, what="results on the new master")
+        paused_sec = time.monotonic() - killed_at
         wait_until(lambda: len(engine.acked) >= published_at_kill + 300, 90, what="publishing to resume")
         engine.stop.set()
         engine.join(30)
@@ -212,7 +217,8 @@ def test_kill_9_of_the_master_under_traffic_loses_and_doubles_nothing(cluster, v
         assert not lost, f"{len(lost)} acknowledged intents lost"
         assert svc.proc.poll() is None, "the service rides out the failover"
         log = svc.log()
-        print(f"failover_sec={failover_sec:.2f} rejoin_sec={rejoin_sec:.2f} acked={len(acked)} "
+        print(f"failover_sec={failover_sec:.2f} rejoin_sec={rejoin_sec:.2f} trading_paused_sec={paused_sec:.2f} "
+              f"acked={len(acked)} "
               f"publisher_retries={engine.retries} results={len(results(r))} orders={orders}")
         assert svc.stop() == 0
     finally:
@@ -355,4 +361,36 @@ def test_the_roles_files_run_a_failover_with_every_user_held_to_its_rules(tmp_pa
         assert svc.stop() == 0
         print(f"failover_sec={failover_sec:.2f} with the roles' ACL users")
     finally:
+        cluster.cleanup()
+
+
+@pytest.mark.slow
+def test_an_unconfirmed_claim_is_never_sent_and_is_executed_once_after_reclaim(venue):
+    """The replica stops acknowledging (SIGSTOP): WAIT after the claim times out, so the orders are held back, not
+    sent; once the replica answers again the entries are reclaimed and each executes exactly once."""
+    import signal as sig
+
+    cluster = SentinelCluster(down_after_ms=60000, min_replicas=0).start()  # no failover, writes still accepted
+    svc = sentinel_service(cluster, venue, REDIS_WAIT_TIMEOUT_MS=200, CLAIM_IDLE_MS=2000)
+    try:
+        svc.start()
+        r = master_client(cluster)
+        replica = cluster.replica()
+        replica.proc.send_signal(sig.SIGSTOP)
+        for i in range(5):
+            xadd(r, intent(i))
+        wait_until(lambda: "claim_not_replicated" in svc.log(), 20, what="the claim to go unconfirmed")
+        v = venue.client()
+        assert sum(1 for _ in v.scan_iter(KEY_PREFIX + "*")) == 0, "no order left before a replica had its claim"
+        assert len(results(r)) == 0
+        replica.proc.send_signal(sig.SIGCONT)
+        wait_until(lambda: len(results(r)) == 5 and int(r.xpending(INTENTS, GROUP)["pending"]) == 0, 30,
+                   what="the held entries to be reclaimed and executed")
+        assert sum(1 for _ in v.scan_iter(KEY_PREFIX + "*")) == 5 and v.hlen(DUPLICATES_KEY) == 0
+        assert Counter(x["intent_id"] for x in results(r)) == Counter(f"test-{i:08d}" for i in range(5))
+        assert svc.stop() == 0
+    finally:
+        if cluster.replica().proc and cluster.replica().proc.poll() is None:
+            cluster.replica().proc.send_signal(sig.SIGCONT)
+        svc.stop()
         cluster.cleanup()
