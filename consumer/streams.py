@@ -170,7 +170,9 @@ class StreamIO:
         elif isinstance(committed, Exception):
             raise committed
         elif self.cfg.wait_replicas:
-            self.last_wait = replies[1] if isinstance(replies[1], int) else 0
+            if isinstance(replies[1], Exception):  # e.g. NOPERM: the ACL user lacks +wait; say so, do not hide it
+                raise replies[1]
+            self.last_wait = int(replies[1])
         if isinstance(reply, Exception):
             raise reply
         return _entries(reply)
