@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 import redis
 import yaml
 
+from harness import end_process
 from support import (DLQ, GROUP, INTENTS, RESULTS, ROOT, RedisServer, ServiceProcess, intent, stats, wait_until,
                      xadd)
 
@@ -222,3 +224,45 @@ def test_a_restarted_redis_keeps_the_users(acl: dict, admin: redis.Redis) -> Non
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=server.port).ping()
     assert time.monotonic() - started < 10
+
+
+def test_a_kill_9_of_redis_keeps_every_write_of_the_services_scripts(tmp_path: Path) -> None:
+    """Redis replays its AOF as the default user: with the role's ACL file every transaction must come back.
+
+    Each script's writes are logged as MULTI/EXEC; Redis 7.0 re-checks ACLs at EXEC while loading, so a default user
+    with no rights silently dropped every commit, claim and ack at restart (redis/redis#14541).
+    """
+    passwords = {u: os.urandom(12).hex() for u in USERS}
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    names = {u: defaults[f"quantum_redis_user_{u}"] for u in USERS}
+    path = tmp_path / "users.acl"
+    path.write_text(render_acl(passwords))
+    server = RedisServer(persistent=True, aclfile=path, admin=(names["admin"], passwords["admin"])).start()
+    try:
+        url = f"redis://{names['exec']}:{passwords['exec']}@127.0.0.1:{server.port}/0"
+        admin = server.client()
+        for i in range(30):
+            xadd(admin, intent(i))
+        svc = ServiceProcess(url, PAPER_LATENCY_MS=0, EXEC_CONCURRENCY=2).start()
+        try:
+            wait_until(lambda: admin.xlen(RESULTS) == 30 and int(admin.xpending(INTENTS, GROUP)["pending"]) == 0,
+                       30, what="30 results, nothing pending")
+        finally:
+            assert svc.stop() == 0, svc.log()
+
+        def state() -> dict:
+            return {"results": admin.xlen(RESULTS), "pending": int(admin.xpending(INTENTS, GROUP)["pending"]),
+                    "done": sum(1 for _ in admin.scan_iter("quantum:idem:*", count=1000)),
+                    "orders": sum(1 for _ in admin.scan_iter("quantum:paper:order:*", count=1000)),
+                    "executed": stats(admin)["executed"]}
+
+        before = state()
+        assert before == {"results": 30, "pending": 0, "done": 30, "orders": 30, "executed": 30}
+        admin.close()
+        end_process(server.proc, signal.SIGKILL)
+        server.start()
+        admin = server.client()
+        assert state() == before
+        assert "NOPERM" not in server.log(), server.log()[-2000:]
+    finally:
+        server.cleanup()

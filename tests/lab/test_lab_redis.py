@@ -22,7 +22,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantum_labkit import REDIS_CREDENTIALS, SECRETS, LabHost, recap, wait_until  # noqa: E402
+from consumer.bridge import bulk_payloads  # noqa: E402
+from consumer.config import Config  # noqa: E402
+from quantum_labkit import LAB_HOSTS, LAB_KEY, REDIS_CREDENTIALS, SECRETS, LabHost, recap, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1800)]
 NAME, IP, GATEWAY = "qred1", "10.213.63.2", "10.213.63.1"
@@ -67,11 +69,24 @@ def untouched(lab: LabHost) -> dict[str, str]:
             "credentials": lab.out("sha256sum /etc/quantum/redis-*.env")}
 
 
+def resp(*args: str | bytes) -> bytes:
+    """One command in the Redis protocol, for redis-cli --pipe (payloads need no shell quoting)."""
+    parts = [a if isinstance(a, bytes) else a.encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
 def test_first_deploy_takes_over_a_redis_without_acl_and_keeps_its_data(lab: LabHost) -> None:
     assert lab.redis("CONFIG GET appendonly", user=None).splitlines() == ["appendonly", "no"]
-    for i in range(PREMANAGED):
-        lab.redis(f"XADD quantum:stream:trade.intent '*' payload premanaged-{i}", user=None)
-    lab.redis("SET quantum:premanaged:marker kept", user=None)
+    # Valid intents an hour old: the service will drop them as stale, which is not an error (invalid ones would be
+    # dead letters, and 50 of them against a short run would put the proof's error rate over its threshold).
+    stream = Config.from_env({}).intent_stream
+    batch = b"".join(resp("XADD", stream, "*", "payload", p)
+                     for p in bulk_payloads(PREMANAGED, age_sec=3600, seed=1, prefix="premanaged"))
+    batch += resp("SET", "quantum:premanaged:marker", "kept")
+    piped = subprocess.run(["ssh", "-i", str(LAB_KEY), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                            "-o", f"UserKnownHostsFile={LAB_HOSTS / NAME / 'known_hosts'}", f"root@{IP}",
+                            "redis-cli --pipe"], input=batch, capture_output=True, timeout=60)
+    assert piped.returncode == 0 and b"errors: 0, replies: 51" in piped.stdout, piped.stdout + piped.stderr
     assert lab.redis("DBSIZE", user=None) == "2"
     res = deploy(lab)
     out = ok(res)
@@ -80,7 +95,7 @@ def test_first_deploy_takes_over_a_redis_without_acl_and_keeps_its_data(lab: Lab
     # Everything that was there before is still there, read through the ACL users.
     assert lab.redis("GET quantum:premanaged:marker") == "kept"
     first = lab.redis("XRANGE quantum:stream:trade.intent - + COUNT 1").splitlines()
-    assert first[-1] == "premanaged-0"
+    assert '"intent_id": "premanaged-' in first[-1] or '"intent_id":"premanaged-' in first[-1], first
     assert int(lab.redis("XLEN quantum:stream:trade.intent")) >= PREMANAGED
     # The services run with their own users: the deploy's proof passed; both units active.
     assert lab.out("systemctl is-active quantum-ai-engine quantum-execution redis-server").split() == ["active"] * 3
@@ -159,8 +174,9 @@ for _, f in r.xrange("quantum:stream:trade.intent.dlq"):
         i = json.loads(f["payload"]).get("intent_id", "")
         dead[i] = dead.get(i, 0) + 1
 g = next((g for g in r.xinfo_groups("quantum:stream:trade.intent") if g["name"] == "quantum-execution"), {})
+dups = [k for k in r.hgetall("quantum:paper:duplicate_orders") if k.startswith(prefix)]
 print(json.dumps({"results": results, "dead": dead, "lag": g.get("lag"), "pending": g.get("pending"),
-                  "duplicates": len(r.hgetall("quantum:paper:duplicate_orders"))}))
+                  "duplicates": len(dups), "duplicate_ids": dups[:5]}))
 """
 
 
@@ -194,6 +210,11 @@ def test_kill_9_of_redis_mid_drain_loses_no_acknowledged_intent_and_executes_non
     outcomes = {i: final["results"].get(i, 0) + final["dead"].get(i, 0) for i in set(final["results"]) | set(final["dead"])}
     assert len(outcomes) == n, f"{n - len(outcomes)} acknowledged intents have no outcome"
     assert set(outcomes.values()) == {1}, {i: c for i, c in outcomes.items() if c != 1}
+    journal = lab.sh("journalctl --no-pager -o short-precise -u quantum-execution -u redis-server --since '-10min' "
+                     "| grep -Ei 'error|unavailable|reconcil|reclaim|started|stopped|exit|redis' | tail -n 60",
+                     check=False).stdout
+    if final["duplicates"]:
+        print(f"venue duplicates {final['duplicate_ids']}; journal since the kill:\n{journal}")
     assert final["duplicates"] == 0
     assert lab.out("systemctl is-active quantum-execution quantum-ai-engine").split() == ["active", "active"]
     res = lab.sh("/opt/quantum/ops/proof_pipeline.sh --once", check=False, timeout=90)
