@@ -201,8 +201,26 @@ class SentinelCluster:
         """Start a killed data node again with its own files; the sentinels turn it into a replica."""
         node.start(self._data_args(node, None))
 
-    def wait_rejoined(self, node: Node, timeout: float = 60) -> None:
-        wait_until(lambda: self._link_up(node), timeout, what=f"port {node.port} to rejoin as a replica")
+    def wait_rejoined(self, node: Node, timeout: float = 120) -> None:
+        """Until the sentinels have turned ``node`` into a replica and it is in sync (about 10 s: their INFO round)."""
+        try:
+            wait_until(lambda: self._link_up(node), timeout, what=f"port {node.port} to rejoin as a replica")
+        except AssertionError as exc:
+            logs = "\n".join(f"--- {s.dir.name}\n" + "\n".join((s.dir / "sentinel.log").read_text(errors="replace")
+                                                                 .splitlines()[-15:]) for s in self.sentinels)
+            raise AssertionError(f"{exc}\n{node.client().info('replication')}\n{logs}") from None
+
+    def write_when_accepted(self, client: redis.Redis, what: str, write: Any, timeout: float = 60) -> Any:
+        """Retry ``write()`` while the master refuses writes (NOREPLICAS until its replica acknowledges again)."""
+        def attempt() -> Any:
+            try:
+                return write() or True
+            except (redis.ConnectionError, redis.ResponseError) as exc:
+                if isinstance(exc, redis.ResponseError) and "NOREPLICAS" not in str(exc):
+                    raise
+                return False
+
+        return wait_until(attempt, timeout, interval=0.1, what=what)
 
 
 class VenueOnItsOwnRedis(PaperExecutor):

@@ -242,8 +242,8 @@ def test_a_demoted_master_unblocks_the_read_and_the_new_master_gets_the_scripts(
         wait_until(lambda: "UNBLOCKED" in svc.log() or "READONLY" in svc.log() or "NOREPLICAS" in svc.log()
                    or "previous master" in svc.log(), 30, what="the service to see the demotion")
         assert new_node.client().script_exists(sha) == [False], "scripts do not follow a failover: NOSCRIPT"
-        wait_until(lambda: cluster._link_up(cluster.node(old)), 30, what="the old master to follow the new one")
-        xadd(r, intent(2))
+        wait_until(lambda: cluster._link_up(cluster.node(old)), 60, what="the old master to follow the new one")
+        cluster.write_when_accepted(r, "the new master to accept writes", lambda: xadd(r, intent(2)))
         wait_until(lambda: len(results(r)) == 2, 30, what="an intent on the new master")
         assert svc.proc.poll() is None
         assert new_node.client().script_exists(sha) == [True], "the service loaded its commit script again"
