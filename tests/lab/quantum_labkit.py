@@ -29,7 +29,7 @@ SECRETS = Path("/var/lib/quantum-lab/secrets")  # the lab's Redis passwords (inv
 REDIS_CREDENTIALS = {"proof": "/etc/quantum/redis-proof.env", "exec": "/etc/quantum/redis-execution.env",
                      "engine": "/etc/quantum/redis-ai-engine.env"}
 UNITS = ("quantum-ai-engine", "quantum-execution")
-SHIPPED = ("consumer", "schemas", "requirements.txt", "tests")
+SHIPPED = ("consumer", "schemas", "requirements.txt", "tests", "harness")  # tests/ imports harness (the schema gate)
 
 T = TypeVar("T")
 
