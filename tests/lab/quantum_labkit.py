@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, Protocol, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
@@ -44,6 +44,34 @@ def wait_until(probe: Callable[[], T], timeout: float, interval: float = 0.5, wh
         time.sleep(interval)
         last = probe()
     return last
+
+
+class _Lab(Protocol):
+    def up(self) -> subprocess.CompletedProcess[str]: ...
+    def down(self) -> subprocess.CompletedProcess[str]: ...
+    def playbook(self, name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]: ...
+
+
+L = TypeVar("L", bound=_Lab)
+
+
+def fresh(make: Callable[[], L], up: bool = True) -> Iterator[L]:
+    """A test module's lab (``yield from`` it in a module fixture): whatever an earlier, interrupted run left is
+    removed first, the lab is built when ``up``, and it is removed again after the module."""
+    lab = make()
+    lab.down()
+    if up:
+        lab.up()
+    yield lab
+    lab.down()
+
+
+def timed(lab: _Lab, playbook: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook against the lab, printing how long it took (pytest -s shows it; CI logs keep it)."""
+    started = time.monotonic()
+    res = lab.playbook(playbook, *args, timeout=timeout)
+    print(f"{playbook} {' '.join(args)}: rc={res.returncode} in {time.monotonic() - started:.1f}s")
+    return res
 
 
 def recap(output: str, host: str) -> dict[str, int]:

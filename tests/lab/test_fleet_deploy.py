@@ -7,7 +7,8 @@ are reclaimed within seconds.
 
 bad topology and an execution host that cannot reach Redis (nothing changed anywhere) -> first deploy (every
 consumer listed with its host) -> a rolling deploy of a changed release under traffic (0 lost, 0 twice, the group
-never without a live consumer, canary first, one release id) -> a second batch that fails (rolled back, the roll
+never without a live consumer, canary first, one release id) -> ramp.yml to phase 2, one execution host at a time
+under traffic -> a second batch that fails (rolled back, the roll
 stops, the canary keeps the new release) -> an execution host unreachable in the roll (later batches untouched).
 The tests run in file order and build on each other.
 """
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 import redis
 
-from quantum_labkit import ANSIBLE, Fleet, FleetHost, wait_until
+from quantum_labkit import ANSIBLE, Fleet, FleetHost, fresh, timed, wait_until
 from support import intent
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -54,19 +55,12 @@ STATE: dict[str, Any] = {}  # release ids seen so far, shared by the ordered tes
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory):
-    f = Fleet(tmp_path_factory.mktemp("fleet"), "qtr", SUBNET, BRIDGE, quantum_vars=QUANTUM_VARS,
-              host_vars={n: dict(PROBES_OFF) for n in (REDIS, ENGINE, X1, X2)})
-    f.down()
-    f.up()
-    yield f
-    f.down()
+    yield from fresh(lambda: Fleet(tmp_path_factory.mktemp("fleet"), "qtr", SUBNET, BRIDGE, quantum_vars=QUANTUM_VARS,
+                                   host_vars={n: dict(PROBES_OFF) for n in (REDIS, ENGINE, X1, X2)}))
 
 
 def deploy(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    started = time.monotonic()
-    res = fleet.playbook("deploy.yml", *args, timeout=2400)  # a serial roll of four hosts on a loaded 2-core box
-    print(f"deploy.yml {' '.join(args)}: rc={res.returncode} in {time.monotonic() - started:.1f}s")
-    return res
+    return timed(fleet, "deploy.yml", *args, timeout=2400)  # a serial roll of four hosts on a loaded 2-core box
 
 
 def flat(text: str) -> str:
@@ -286,6 +280,38 @@ def test_rolling_deploy_under_traffic_loses_nothing_and_doubles_nothing(fleet: F
                                      f"ROLLING {X2} to release {STATE['r2']}", f"DEPLOYED on {X2}")]
     assert order == sorted(order), order
     assert f"Release id {STATE['r2']} for every host of this run" in out
+
+
+def test_ramp_moves_every_execution_host_one_at_a_time_under_traffic(fleet: Fleet) -> None:
+    """ramp.yml -e phase=2 on the fleet: qtr-x1 gated, applied and observed before qtr-x2 is touched; the gate and
+    the observation read the group's lag and error rate from Redis (the whole group, whichever host asks); traffic
+    keeps flowing with a live consumer throughout, nothing lost or doubled."""
+    r = admin()
+    first_id = r.xinfo_stream(INTENTS)["last-generated-id"]
+    traffic = Traffic(prefix="ramp")
+    traffic.start()
+    try:
+        res = fleet.playbook("ramp.yml", "-e", "phase=2", "-e", "quantum_ramp_gate_window_sec=8",
+                             "-e", "quantum_ramp_observe_window_sec=10", "-e", "quantum_ramp_warmup_sec=2",
+                             "-e", "quantum_ramp_interval_sec=2", timeout=1200)
+    finally:
+        traffic.stop()
+    out = ok(res)
+    done = [out.index(f"PHASE 2 APPLIED AND HEALTHY on {h}") for h in (X1, X2)]
+    assert done[0] < out.index(f"[{X2}]") < done[1], "qtr-x2 was touched before qtr-x1's phase held"
+    for h in (X1, X2):
+        env = fleet[h].out("cat /etc/quantum/ai-engine.env")
+        assert "XREADGROUP_COUNT=20" in env and "EXEC_CONCURRENCY=1" in env, (h, env)
+        assert "XREADGROUP_COUNT=20" in fleet[h].config_line()
+    last_id = r.xinfo_stream(INTENTS)["last-generated-id"]
+    wait_until(lambda: settled(r, last_id), 90, what="lag and pending back to 0 after the ramp")
+    outcomes = outcomes_of(r, first_id, last_id)
+    lost, twice = [k for k, v in outcomes.items() if v == 0], [k for k, v in outcomes.items() if v > 1]
+    assert (lost, twice) == ([], []), f"{len(lost)} lost, {len(twice)} twice"
+    assert r.hlen(DUPLICATES) == 0
+    worst = max(traffic.samples, key=lambda s: s[1] if s[1] is not None else 10**9)
+    assert worst[1] is not None and worst[1] < LIVE_MS, f"the group was without a live consumer: {worst}"
+    print(f"ramp to phase 2 on {X1} then {X2}: {len(outcomes)} intents in the window, worst consumer idle {worst[1]} ms")
 
 
 def test_a_failing_second_batch_is_rolled_back_and_stops_the_roll(fleet: Fleet) -> None:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from quantum_labkit import ANSIBLE, ENV_FILE, UNITS, LabHost, recap, wait_until
+from quantum_labkit import ANSIBLE, ENV_FILE, UNITS, LabHost, fresh, recap, timed, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1200)]
 NAME, IP, GATEWAY = "qe2e1", "10.213.61.2", "10.213.61.1"
@@ -31,18 +31,11 @@ STATE = {}  # release ids seen so far, shared by the ordered tests
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    host = LabHost(tmp_path_factory.mktemp("e2e"), NAME, IP, GATEWAY)
-    host.down()
-    host.up()
-    yield host
-    host.down()
+    yield from fresh(lambda: LabHost(tmp_path_factory.mktemp("e2e"), NAME, IP, GATEWAY))
 
 
 def deploy(lab: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
-    started = time.monotonic()
-    res = lab.playbook("deploy.yml", *args)
-    print(f"deploy.yml {' '.join(args)}: rc={res.returncode} in {time.monotonic() - started:.1f}s")
-    return res
+    return timed(lab, "deploy.yml", *args)
 
 
 def flat(res: subprocess.CompletedProcess[str]) -> str:

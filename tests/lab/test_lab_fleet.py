@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quantum_labkit import Fleet, FleetHost, lab_traces, recap, wait_until
+from quantum_labkit import Fleet, FleetHost, fresh, lab_traces, recap, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 NAMES = ["qtf-r", "qtf-x1", "qtf-x2"]
@@ -25,10 +25,7 @@ SUBNET, BRIDGE, GATEWAY = "10.213.71.0/24", "qtfbr0", "10.213.71.1"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory):
-    f = Fleet(tmp_path_factory.mktemp("fleet"), NAMES, SUBNET, BRIDGE)
-    f.down()  # whatever an earlier, interrupted run left
-    yield f
-    f.down()
+    yield from fresh(lambda: Fleet(tmp_path_factory.mktemp("fleet"), NAMES, SUBNET, BRIDGE), up=False)
 
 
 def reaches(src: FleetHost, ip: str, port: int = 22) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from quantum_labkit import LAB_HOSTS, LabHost, recap, wait_until
+from quantum_labkit import LAB_HOSTS, LabHost, fresh, recap, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 NAME, IP, GATEWAY = "qlt1", "10.213.62.2", "10.213.62.1"
@@ -23,10 +23,7 @@ NAME, IP, GATEWAY = "qlt1", "10.213.62.2", "10.213.62.1"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    host = LabHost(tmp_path_factory.mktemp("lablife"), NAME, IP, GATEWAY)
-    host.down()  # whatever an earlier, interrupted run left
-    yield host
-    host.down()
+    yield from fresh(lambda: LabHost(tmp_path_factory.mktemp("lablife"), NAME, IP, GATEWAY), up=False)
 
 
 def nothing_left(lab: LabHost) -> None:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from consumer.bridge import bulk_payloads  # noqa: E402
-from consumer.config import Config  # noqa: E402
-from quantum_labkit import LAB_HOSTS, LAB_KEY, REDIS_CREDENTIALS, SECRETS, LabHost, recap, wait_until  # noqa: E402
+from consumer.bridge import bulk_payloads
+from consumer.config import Config
+from quantum_labkit import (LAB_HOSTS, LAB_KEY, REDIS_CREDENTIALS, SECRETS, LabHost, fresh, recap, timed,
+                            wait_until)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1800)]
 NAME, IP, GATEWAY = "qred1", "10.213.63.2", "10.213.63.1"
@@ -34,24 +33,17 @@ STATE: dict = {}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    host = LabHost(tmp_path_factory.mktemp("redis"), NAME, IP, GATEWAY)
-    host.down()
-    host.up()
-    yield host
-    host.down()
+    yield from fresh(lambda: LabHost(tmp_path_factory.mktemp("redis"), NAME, IP, GATEWAY))
 
 
 def deploy(lab: LabHost, *args: str, probes: bool = False) -> subprocess.CompletedProcess[str]:
     """deploy.yml; the proof's stale and backlog probes only where asked (test_lab_deploy covers them), as they
     make up most of a deploy that changes nothing."""
-    started = time.monotonic()
     # The backlog probe wants to see a lag right after loading: 2000 intents drain in 40 s at the lab's 50/s limit,
     # so a proof that starts slowly on a loaded machine still sees them (300 may be gone before it reads).
     extra = {"quantum_proof_backlog_probe_count": 2000} if probes else \
         {"quantum_proof_stale_probe": False, "quantum_proof_backlog_probe": False}
-    res = lab.playbook("deploy.yml", "-e", json.dumps(extra), *args)
-    print(f"deploy.yml {' '.join(args)}: rc={res.returncode} in {time.monotonic() - started:.1f}s")
-    return res
+    return timed(lab, "deploy.yml", "-e", json.dumps(extra), *args)
 
 
 def ok(res: subprocess.CompletedProcess[str]) -> str:
