@@ -168,6 +168,14 @@ class Engine(threading.Thread):
             self.stop.wait(1 / self.rate)
 
 
+def answered(call: Any) -> Any:
+    """``call()``'s value, or None while the sentinels have no master to name (redis-py's MasterNotFoundError)."""
+    try:
+        return call()
+    except redis.ConnectionError:
+        return None
+
+
 def outcomes(r: redis.Redis) -> Counter:
     """intent_id -> results + dead letters on the current master."""
     got: Counter = Counter()
@@ -261,7 +269,9 @@ def test_the_proof_counts_lag_a_freshly_promoted_master_does_not_know(cluster):
     r.wait(1, 2000)
     cluster.kill_master()
     r = master_client(cluster)
-    raw = next(g for g in r.xinfo_groups(INTENTS) if g["name"] == GROUP.encode())
+    groups = wait_until(lambda: answered(lambda: r.xinfo_groups(INTENTS)), 30,
+                        what="every sentinel to name the promoted master")  # MasterNotFoundError until they agree
+    raw = next(g for g in groups if g["name"] == GROUP.encode())
     assert raw["lag"] is None, "Redis 7.0 does not carry the group's entries-read to a replica"
     settings = ProofSettings(redis_url="unused")
     proof = connection.connect("", Config.from_env(cluster.sentinel_env).sentinel, decode_responses=True)
