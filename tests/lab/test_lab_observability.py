@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from quantum_labkit import ANSIBLE, ROOT, LabHost, recap, wait_until
+from quantum_labkit import ANSIBLE, ROOT, LabHost, fresh, recap, timed, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1500)]
 NAME, IP, GATEWAY = "qobs1", "10.213.65.2", "10.213.65.1"
@@ -49,8 +49,6 @@ class ObservedLabHost(LabHost):
 
     def snapshot_tree(self) -> None:
         super().snapshot_tree()
-        if (ROOT / "harness").is_dir() and not (self.src / "harness").exists():  # tests/support.py imports it
-            shutil.copytree(ROOT / "harness", self.src / "harness", ignore=shutil.ignore_patterns("__pycache__"))
         self.ansible = self.workdir / "ansible"
         if self.ansible.exists():
             shutil.rmtree(self.ansible)
@@ -75,11 +73,7 @@ class ObservedLabHost(LabHost):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    host = ObservedLabHost(tmp_path_factory.mktemp("obs"), NAME, IP, GATEWAY)
-    host.down()
-    host.up()
-    yield host
-    host.down()
+    yield from fresh(lambda: ObservedLabHost(tmp_path_factory.mktemp("obs"), NAME, IP, GATEWAY))
 
 
 def api(path: str, **params: str) -> dict:
@@ -97,9 +91,7 @@ def firing(alert: str) -> list[dict]:
 
 
 def run_timed(lab: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
-    started = time.monotonic()
-    res = lab.playbook("deploy.yml", *args)
-    print(f"deploy.yml {' '.join(args)}: rc={res.returncode} in {time.monotonic() - started:.1f}s")
+    res = timed(lab, "deploy.yml", *args, timeout=1200)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     return res
 
