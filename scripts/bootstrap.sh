@@ -19,6 +19,30 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Lab hosts have no route out: what the deploy installs on them that their root filesystem lacks is shipped as .deb
+# files from here (inventory/lab/group_vars). Downloaded once into a directory of our own (an apt cache may be
+# cleaned at any time): logrotate for every host, Prometheus + redis_exporter and the dependencies the lab's root
+# filesystem lacks for the monitoring host.
+LAB_DEBS=/var/cache/quantum-lab/debs
+declare -A LAB_DEB_SETS=(
+  [logrotate]="logrotate libpopt0"
+  [monitoring]="prometheus prometheus-redis-exporter fonts-glyphicons-halflings javascript-common libjs-bootstrap
+                libjs-bootstrap4 libjs-d3 libjs-eonasdan-bootstrap-datetimepicker libjs-jquery libjs-jquery-hotkeys
+                libjs-moment libjs-moment-timezone libjs-mustache libjs-popper.js libjs-rickshaw"
+)
+for set in "${!LAB_DEB_SETS[@]}"; do
+  dir=$LAB_DEBS/$set
+  need=()
+  for p in ${LAB_DEB_SETS[$set]}; do
+    compgen -G "$dir/${p}_*.deb" >/dev/null || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "bootstrap: downloading ${need[*]} for the lab hosts into $dir"
+    mkdir -p "$dir"
+    (cd "$dir" && apt-get download -qq "${need[@]}" 2>/dev/null) || { apt-get update -qq && (cd "$dir" && apt-get download -qq "${need[@]}"); }
+  fi
+done
+
 PY=${PYTHON:-python3}
 stamp=.venv/.requirements.sha
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
