@@ -278,7 +278,8 @@ def test_rendered_role_runs_prometheus_scraping_every_target_and_firing_an_alert
                                0.5, "consumer metrics from the exporter")
         assert {s["metric"]["consumer"] for s in consumers} == {"qfx-a-1", "qfx-b-1"}
         assert all(s["metric"]["host"] == "qfr-test" for s in consumers)
-        assert query(f'redis_stream_length{{stream="{RESULTS}"}}')
+        # the result stream appears once a service has committed; the exporter sees it at its next scrape
+        wait_until(lambda: query(f'redis_stream_length{{stream="{RESULTS}"}}'), 20, 0.5, "the result stream's length")
         gap = wait_until(lambda: query("quantum:intent_delivery_gap_seconds"), 20, 0.5, "the recorded delivery gap")
         assert float(gap[0]["value"][1]) < 60 and gap[0]["metric"]["group"] == GROUP
 
