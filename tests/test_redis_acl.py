@@ -40,18 +40,24 @@ def render_acl(passwords: dict[str, str]) -> str:
     return env.from_string((ROLE / "templates" / "users.acl.j2").read_text()).render(**values)
 
 
-@pytest.fixture(scope="module")
-def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def acl_server(directory: Path, persistent: bool = False) -> dict:
+    """A redis-server loaded with the role's users.acl and fresh passwords; each user's URL, name and password."""
     passwords = {u: os.urandom(12).hex() for u in USERS}
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     names = {u: defaults[f"quantum_redis_user_{u}"] for u in USERS}
-    path = tmp_path_factory.mktemp("acl") / "users.acl"
+    path = directory / "users.acl"
     text = render_acl(passwords)
     path.write_text(text)
-    server = RedisServer(aclfile=path, admin=(names["admin"], passwords["admin"])).start()
+    server = RedisServer(persistent=persistent, aclfile=path, admin=(names["admin"], passwords["admin"])).start()
     urls = {u: f"redis://{names[u]}:{passwords[u]}@127.0.0.1:{server.port}/0" for u in USERS}
-    yield {"server": server, "urls": urls, "names": names, "passwords": passwords, "text": text}
-    server.cleanup()
+    return {"server": server, "urls": urls, "names": names, "passwords": passwords, "text": text}
+
+
+@pytest.fixture(scope="module")
+def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    made = acl_server(tmp_path_factory.mktemp("acl"))
+    yield made
+    made["server"].cleanup()
 
 
 @pytest.fixture
@@ -232,14 +238,10 @@ def test_a_kill_9_of_redis_keeps_every_write_of_the_services_scripts(tmp_path: P
     Each script's writes are logged as MULTI/EXEC; Redis 7.0 re-checks ACLs at EXEC while loading, so a default user
     with no rights silently dropped every commit, claim and ack at restart (redis/redis#14541).
     """
-    passwords = {u: os.urandom(12).hex() for u in USERS}
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    names = {u: defaults[f"quantum_redis_user_{u}"] for u in USERS}
-    path = tmp_path / "users.acl"
-    path.write_text(render_acl(passwords))
-    server = RedisServer(persistent=True, aclfile=path, admin=(names["admin"], passwords["admin"])).start()
+    made = acl_server(tmp_path, persistent=True)
+    server: RedisServer = made["server"]
     try:
-        url = f"redis://{names['exec']}:{passwords['exec']}@127.0.0.1:{server.port}/0"
+        url = made["urls"]["exec"]
         admin = server.client()
         for i in range(30):
             xadd(admin, intent(i))
