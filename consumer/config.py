@@ -74,6 +74,10 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _url_ok(s: str) -> bool:
+    return s.split("://", 1)[0] in ("redis", "rediss", "unix")
+
+
 def _key_ok(s: str) -> bool:
     return 0 < len(s) <= 200 and all(c.isprintable() and not c.isspace() for c in s)
 
@@ -109,6 +113,8 @@ class Config:
     executor: str = "paper"
     paper_latency_ms: int = 0
     paper_fail_rate: float = 0.0
+    # The paper venue's order book on a Redis of its own (a venue does not fail over with ours); empty: REDIS_URL's.
+    paper_venue_url: str = ""
     schema_dir: Path = DEFAULT_SCHEMA_DIR
     stats_key: str = "quantum:stats:execution"
     idem_prefix: str = "quantum:idem:"
@@ -128,8 +134,7 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
         """Read and validate every variable; raise ConfigError naming the first bad one."""
         e = os.environ if env is None else env
-        redis_url = _str(e, "REDIS_URL", cls.redis_url, lambda s: s.split("://", 1)[0] in ("redis", "rediss", "unix"),
-                         "a redis://, rediss:// or unix:// URL")
+        redis_url = _str(e, "REDIS_URL", cls.redis_url, _url_ok, "a redis://, rediss:// or unix:// URL")
         from .connection import sentinel_from_env  # connection.py imports ConfigError from here
 
         sentinel = sentinel_from_env(e)
@@ -160,6 +165,8 @@ class Config:
                           "an executor name such as 'paper' or 'package.module:Class'"),
             paper_latency_ms=_int(e, "PAPER_LATENCY_MS", cls.paper_latency_ms, 0, 60_000),
             paper_fail_rate=_float(e, "PAPER_FAIL_RATE", cls.paper_fail_rate, 0.0, 1.0),
+            paper_venue_url=_str(e, "PAPER_VENUE_URL", cls.paper_venue_url, _url_ok,
+                                 "a redis://, rediss:// or unix:// URL"),
             schema_dir=Path(_str(e, "SCHEMA_DIR", str(cls.schema_dir))),
             stream_maxlen=_int(e, "RESULT_STREAM_MAXLEN", cls.stream_maxlen, 1000, 1_000_000_000),
             metrics_port=_int(e, "METRICS_PORT", cls.metrics_port, 0, 65535),

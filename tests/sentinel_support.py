@@ -1,7 +1,7 @@
 """A real Sentinel set-up on free loopback ports: a master, a replica and three sentinels, each its own process.
 
 The same binary as production (``redis-server`` and ``redis-server --sentinel``), with short detection times so a
-failover takes seconds. The venue of the failover tests lives in a Redis of its own (``VenueOnItsOwnRedis``): a
+failover takes seconds. The venue of the failover tests lives in a Redis of its own (``PAPER_VENUE_URL``): a
 paper venue inside the Redis that fails over would lose its own memory of an order together with the claim, and
 then could not tell a second order from a first one.
 """
@@ -19,8 +19,6 @@ from typing import Any
 
 import redis
 
-from consumer.config import Config
-from consumer.executors.paper import PaperExecutor
 from support import REDIS_SERVER, free_port, wait_until
 
 MASTER_NAME = "qtest"
@@ -221,14 +219,6 @@ class SentinelCluster:
                 return False
 
         return wait_until(attempt, timeout, interval=0.1, what=what)
-
-
-class VenueOnItsOwnRedis(PaperExecutor):
-    """The paper venue with its order book in a separate Redis (``VENUE_REDIS_URL``), out of the failover's reach."""
-
-    def __init__(self, cfg: Config, client: redis.Redis) -> None:
-        venue = redis.Redis.from_url(os.environ["VENUE_REDIS_URL"])
-        super().__init__(venue, cfg.paper_latency_ms, cfg.paper_fail_rate, cfg.idempotency_ttl_sec)
 
 
 class RoleFiles:

@@ -127,8 +127,7 @@ def venue():
 
 def sentinel_service(cluster: SentinelCluster, venue: RedisServer, **env: Any) -> ServiceProcess:
     env = {"CLAIM_IDLE_MS": 3000, "REDIS_WAIT_TIMEOUT_MS": 500, **cluster.sentinel_env, **env}
-    svc = ServiceProcess("unused", EXECUTOR="sentinel_support:VenueOnItsOwnRedis", VENUE_REDIS_URL=venue.url,
-                         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **env)
+    svc = ServiceProcess("unused", PAPER_VENUE_URL=venue.url, **env)
     del svc.env["REDIS_URL"]
     return svc
 
@@ -341,8 +340,7 @@ def test_the_roles_files_run_a_failover_with_every_user_held_to_its_rules(tmp_pa
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)  # the client user only looks
         env = {**cluster.sentinel_env, "REDIS_USERNAME": files.exec_user[0], "REDIS_PASSWORD": files.exec_user[1]}
-        svc = ServiceProcess("unused", EXECUTOR="sentinel_support:VenueOnItsOwnRedis", VENUE_REDIS_URL=venue.url,
-                             PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), CLAIM_IDLE_MS=3000, **env)
+        svc = ServiceProcess("unused", PAPER_VENUE_URL=venue.url, CLAIM_IDLE_MS=3000, **env)
         del svc.env["REDIS_URL"]
         svc.start()
         pub = Publisher.from_config(Config.from_env({**cluster.sentinel_env, "REDIS_USERNAME": files.engine_user[0],

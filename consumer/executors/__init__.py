@@ -16,7 +16,8 @@ __all__ = ["Executor", "Order", "OutcomeUnknown", "Report", "PaperExecutor", "lo
 def load_executor(cfg: Config, client: redis.Redis) -> Executor:
     """Build the configured executor; an adapter class is called as ``Class(cfg, client)``."""
     if cfg.executor == "paper":
-        return PaperExecutor(client, cfg.paper_latency_ms, cfg.paper_fail_rate, cfg.idempotency_ttl_sec)
+        venue = redis.Redis.from_url(cfg.paper_venue_url) if cfg.paper_venue_url else client
+        return PaperExecutor(venue, cfg.paper_latency_ms, cfg.paper_fail_rate, cfg.idempotency_ttl_sec)
     module_name, _, class_name = cfg.executor.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
