@@ -21,11 +21,15 @@ fi
 
 # Lab hosts have no route out: what the deploy installs on them that their root filesystem lacks is shipped as .deb
 # files from here (inventory/lab/group_vars). Downloaded once into a directory of our own (an apt cache may be
-# cleaned at any time): logrotate for every host, Prometheus + redis_exporter and the dependencies the lab's root
+# cleaned at any time): logrotate for every host, redis-sentinel for Sentinel hosts, Prometheus + redis_exporter and the dependencies the lab's root
 # filesystem lacks for the monitoring host.
 LAB_DEBS=/var/cache/quantum-lab/debs
+# redis-sentinel must match the redis-tools of the lab's root filesystem, which debootstrap takes from the suite's
+# main archive (not from -security): pin the version that archive serves.
+sentinel_version=$(apt-cache madison redis-sentinel 2>/dev/null | awk -F'|' '$3 !~ /security|updates/ {gsub(/ /, "", $2); print $2; exit}')
 declare -A LAB_DEB_SETS=(
   [logrotate]="logrotate libpopt0"
+  [sentinel]="redis-sentinel${sentinel_version:+=$sentinel_version}"
   [monitoring]="prometheus prometheus-redis-exporter fonts-glyphicons-halflings javascript-common libjs-bootstrap
                 libjs-bootstrap4 libjs-d3 libjs-eonasdan-bootstrap-datetimepicker libjs-jquery libjs-jquery-hotkeys
                 libjs-moment libjs-moment-timezone libjs-mustache libjs-popper.js libjs-rickshaw"
@@ -34,7 +38,7 @@ for set in "${!LAB_DEB_SETS[@]}"; do
   dir=$LAB_DEBS/$set
   need=()
   for p in ${LAB_DEB_SETS[$set]}; do
-    compgen -G "$dir/${p}_*.deb" >/dev/null || need+=("$p")
+    compgen -G "$dir/${p%%=*}_*.deb" >/dev/null || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: downloading ${need[*]} for the lab hosts into $dir"

@@ -295,7 +295,8 @@ class Fleet:
                                                     "quantum_lab_prefix": self.prefix}},
             "quantum": {
                 "children": {g: {"hosts": {n: None for n in self.roles.get(g, [])}}
-                             for g in ("quantum_ai_engine", "quantum_execution", "quantum_redis")},
+                             for g in ("quantum_ai_engine", "quantum_execution", "quantum_redis", "quantum_sentinel")
+                             if g != "quantum_sentinel" or g in self.roles},
                 "vars": {"quantum_release_src": str(self.src), "quantum_preflight_repo": str(self.src), **self.quantum_vars},
             },
         }}}
