@@ -410,9 +410,12 @@ def test_watch_shows_a_real_backlog_draining_in_a_terminal(proof_redis: str, r: 
     add_intents(r, 4000)
     master, slave = pty.openpty()
     os.set_blocking(master, True)
+    # Started with SIGINT ignored, as a shell without job control starts a background job (and as this test runs
+    # under `pytest ... &`): Ctrl-C must end the watch whatever disposition it inherited.
     proc = subprocess.Popen([sys.executable, "-m", "consumer.proof", "--watch", "--interval", "0.2",
                              "--rate-window", "2"], cwd=ROOT, env=dict(env, COLUMNS="110", LINES="30"),
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     os.close(slave)
     chunks: list[bytes] = []
     stop = threading.Event()

@@ -163,7 +163,7 @@ def plain_line(v: DrainView) -> str:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM ends a watch like Ctrl-C does: restore the cursor, exit 0."""
+    """SIGINT (Ctrl-C) and SIGTERM end a watch: restore the cursor, exit 0."""
     raise KeyboardInterrupt
 
 
@@ -175,6 +175,10 @@ def watch(settings: ProofSettings, r: redis.Redis, *, interval: float = 1.0, rat
     tracker = DrainTracker(rate_window)
     units: dict[str, Any] = {"present": False, "units": {}}
     units_at = float("-inf")
+    # Both set explicitly: Python turns SIGINT into KeyboardInterrupt only when the process did not inherit it as
+    # ignored, and a shell starting a job in the background without job control (`cmd &` in a script, CI runners)
+    # passes SIGINT on ignored. Ctrl-C is how a watch is meant to end, so it must not depend on who started it.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     count = 0
     if tty:
