@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import Config, ConfigError
+from .exitcode import ExitCode
 from .observe import Thresholds
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_USAGE = 0, 64
 PURPOSES = ("gate", "observe", "live")
-# Readable exit codes of `proof observe` (healthy, unhealthy, hold) and of the report (healthy, unhealthy).
-OBSERVE_RCS, LIVE_RCS = (0, 1, 3), (0, 1)
+# The exit codes with which `proof observe` and the report answer on stdout (any other: the proof could not look).
+OBSERVE_RCS = (ExitCode.OK, ExitCode.UNHEALTHY, ExitCode.HOLD)
+LIVE_RCS = (ExitCode.OK, ExitCode.UNHEALTHY)
 RAMP_VARIABLES = ("xreadgroup_count", "exec_concurrency")
 TABLE = "vars/ramp_phases.yml"
 
@@ -461,9 +462,9 @@ def main(argv: Sequence[str]) -> int:
         args = build_parser().parse_args(list(argv))
     except (argparse.ArgumentError, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code == 0:
-            return EXIT_OK
+            return ExitCode.OK
         print(f"proof: plan: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         doc = _load(args.inputs, "--inputs", None, "") if args.inputs else None
         if doc is not None and not isinstance(doc, Mapping):
@@ -476,7 +477,7 @@ def main(argv: Sequence[str]) -> int:
         obs = None if purpose == "start" else parse_observation(raw, purpose)
     except PlanError as exc:
         print(f"proof: plan: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     ctx = Context(host=args.host, unit=args.unit, env_file=args.env_name or args.env_file or Context.env_file,
                   state_file=args.state_name or args.state or Context.state_file, gate_window_sec=args.gate_window,
                   observe_window_sec=args.observe_window, error_rate_max=args.error_rate_max, cpu_max=args.cpu_max)
@@ -487,4 +488,4 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write("\n")
     else:
         print(step.message)
-    return EXIT_OK
+    return ExitCode.OK
