@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from quantum_labkit import ANSIBLE, ENV_FILE, LAB_HOSTS, LAB_KEY, LabHost
+from quantum_labkit import ANSIBLE, ENV_FILE, LabHost
 
 HOST, IP, GATEWAY = "qramp1", "10.213.48.2", "10.213.48.1"
 STATE_FILE = "/var/lib/quantum/ramp/state.json"
@@ -54,14 +54,7 @@ class RampLab(LabHost):
         return self.playbook("ramp.yml", *WINDOWS, *args, timeout=600)
 
     def ssh(self, command: str, check: bool = True, stdin: str | None = None) -> str:
-        if stdin is None:
-            return self.sh(command, check=check, timeout=120).stdout
-        res = subprocess.run(
-            ["ssh", "-i", str(LAB_KEY), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-             "-o", f"UserKnownHostsFile={LAB_HOSTS / self.name / 'known_hosts'}", f"root@{self.ip}", command],
-            input=stdin, capture_output=True, text=True, timeout=120)
-        assert not check or res.returncode == 0, f"{command}: {res.stdout}{res.stderr}"
-        return res.stdout
+        return self.sh(command, check=check, timeout=120, stdin=stdin).stdout
 
     def env_values(self) -> dict[str, str]:
         text = self.ssh(f"cat {ENV_FILE}")

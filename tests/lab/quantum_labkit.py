@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
@@ -144,12 +144,14 @@ class LabHost:
     # -- on the host -------------------------------------------------------------------------------------------
 
     def sh(self, command: str, check: bool = True, timeout: float = 60,
-           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+           stdin: str | bytes | None = None) -> subprocess.CompletedProcess[Any]:
+        """``command`` on the host as root. Text in and out, except that bytes on stdin (a `redis-cli --pipe` batch)
+        make stdout and stderr bytes too."""
         res = subprocess.run(
             ["ssh", "-i", str(LAB_KEY), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
              "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={LAB_HOSTS / self.name / 'known_hosts'}",
              "-o", "ConnectTimeout=5", f"root@{self.ip}", command],
-            capture_output=True, text=True, timeout=timeout, input=stdin)
+            capture_output=True, text=not isinstance(stdin, bytes), timeout=timeout, input=stdin)
         if check:
             assert res.returncode == 0, f"{command!r} on {self.name}: rc={res.returncode}\n{res.stdout}\n{res.stderr}"
         return res
