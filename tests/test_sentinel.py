@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from jsonschema import Draft202012Validator
 
 from consumer import connection
 from consumer.bridge import Publisher, synthetic_intent
@@ -27,6 +28,9 @@ from consumer.streams import _COMMIT
 from sentinel_support import MASTER_NAME, SentinelCluster
 from support import (DLQ, GROUP, INTENTS, RESULTS, ROOT, RedisServer, ServiceProcess, intent, results, stats,
                      wait_until, xadd)
+
+
+PROOF_SCHEMA = json.loads((ROOT / "schemas" / "proof_report.schema.json").read_text())
 
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -289,10 +293,24 @@ def test_the_topology_names_master_replica_lag_and_agreeing_sentinels(cluster, m
     r.wait(1, 2000)
     topo = collect.topology(r)
     master, replica = cluster.master_port(), cluster.replica().port
-    assert topo["role"] == "master" and topo["master"] == f"127.0.0.1:{master}"
-    assert [x["address"] for x in topo["replicas"]] == [f"127.0.0.1:{replica}"]
-    assert topo["replicas"][0]["lag_bytes"] < 4096 and topo["replicas"][0]["state"] == "online"  # sentinel hellos move it
-    assert len(topo["sentinels"]) == 3 and {s["master"] for s in topo["sentinels"]} == {f"127.0.0.1:{master}"}
+    assert topo.role == "master" and topo.master == f"127.0.0.1:{master}"
+    assert [x.address for x in topo.replicas] == [f"127.0.0.1:{replica}"]
+    assert topo.replicas[0].lag_bytes < 4096 and topo.replicas[0].state == "online"  # sentinel hellos move it
+    assert len(topo.sentinels) == 3 and {s.master for s in topo.sentinels} == {f"127.0.0.1:{master}"}
+    # The proof's own report: the sentinels as its address, the topology in --json (valid) and in the layout.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")} | cluster.sentinel_env
+    res = subprocess.run([sys.executable, "-m", "consumer.proof", "--json", "--no-state", "--sample-sec", "0"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    report = json.loads(res.stdout)
+    Draft202012Validator(PROOF_SCHEMA).validate(report)
+    assert report["redis"]["url"].startswith("sentinel://127.0.0.1:") and report["redis"]["url"].endswith(f"/{MASTER_NAME}")
+    assert report["redis"]["topology"]["master"] == f"127.0.0.1:{master}"
+    assert [s["reachable"] for s in report["redis"]["topology"]["sentinels"]] == [True] * 3
+    once = subprocess.run([sys.executable, "-m", "consumer.proof", "--once", "--no-state", "--sample-sec", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert f"master 127.0.0.1:{master}  role master" in once, once
+    assert f"replica 127.0.0.1:{replica}  online" in once
+    assert f"sentinels 3 of 3 answering, 3 name 127.0.0.1:{master}" in once
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     with pytest.raises(ValueError, match="REDIS_URL and REDIS_SENTINELS"):
         collect.connect(ProofSettings(redis_url="redis://127.0.0.1:1/0"))

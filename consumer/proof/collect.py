@@ -16,7 +16,8 @@ from typing import Any
 import redis
 
 from .config import COUNTER_NAMES, ProofSettings
-from .sections import Consumer, Counters, DeadLetter, Dlq, GroupInfo, RateKey, RateLimiters, StreamInfo
+from .sections import (Consumer, Counters, DeadLetter, Dlq, GroupInfo, RateKey, RateLimiters, ReplicaLink, SentinelView,
+                       StreamInfo, Topology)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ def connect(settings: ProofSettings) -> redis.Redis:
         socket_timeout=max(settings.connect_timeout_sec, 5.0),
         retry_on_timeout=False,
     )
+
+
+def where(settings: ProofSettings) -> str:
+    """Where the proof reads, safe to print: the sentinels and master name, or the URL without its password."""
+    from ..connection import sentinel_from_env
+    from .config import redact_url
+
+    try:
+        target = sentinel_from_env(os.environ)
+    except ValueError:
+        target = None
+    return target.describe() if target is not None else redact_url(settings.redis_url)
 
 
 def id_ms(entry_id: str | None) -> int | None:
@@ -242,7 +255,7 @@ def take_sample(r: redis.Redis, s: ProofSettings) -> Sample:
     )
 
 
-def topology(r: redis.Redis) -> dict[str, Any]:
+def topology(r: redis.Redis) -> Topology:
     """Master, replicas with their replication lag, and (through Sentinel) the sentinels and their agreement.
 
     The lag is the master's view (INFO replication): bytes behind ``master_repl_offset`` and seconds since the
@@ -250,28 +263,28 @@ def topology(r: redis.Redis) -> dict[str, Any]:
     """
     repl = r.info("replication")
     offset = _as_int(repl.get("master_repl_offset")) or 0
-    replicas = []
-    for key, value in sorted(repl.items()):
-        if re.fullmatch(r"slave[0-9]+", key) and isinstance(value, dict):
-            replicas.append({"address": f"{value.get('ip')}:{value.get('port')}", "state": value.get("state"),
-                             "lag_bytes": max(0, offset - (_as_int(value.get("offset")) or 0)),
-                             "lag_sec": _as_int(value.get("lag"))})
-    out: dict[str, Any] = {"role": repl.get("role"), "repl_offset": offset, "replicas": replicas,
-                           "min_replicas_good": _as_int(repl.get("min_slaves_good_slaves")), "sentinels": []}
+    replicas = [ReplicaLink(address=f"{v.get('ip')}:{v.get('port')}", state=v.get("state"),
+                            lag_bytes=max(0, offset - (_as_int(v.get("offset")) or 0)), lag_sec=_as_int(v.get("lag")))
+                for k, v in sorted(repl.items()) if re.fullmatch(r"slave[0-9]+", k) and isinstance(v, dict)]
+    sentinels: list[SentinelView] = []
+    master = None
     manager = getattr(r, "sentinel_manager", None)
     if manager is not None:
         name = r.connection_pool.service_name
         for s in manager.sentinels:
-            address = f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
+            kw = s.connection_pool.connection_kwargs
+            address = f"{kw.get('host')}:{kw.get('port')}"
             try:
                 host, port = s.sentinel_get_master_addr_by_name(name)
                 host = host.decode() if isinstance(host, bytes) else host
-                out["sentinels"].append({"address": address, "master": f"{host}:{port}", "reachable": True})
+                sentinels.append(SentinelView(address=address, master=f"{host}:{port}", reachable=True))
             except (redis.RedisError, OSError, TypeError):
-                out["sentinels"].append({"address": address, "master": None, "reachable": False})
-        out["master"] = f"{r.connection_pool.master_address[0]}:{r.connection_pool.master_address[1]}" \
-            if r.connection_pool.master_address else None
-    return out
+                sentinels.append(SentinelView(address=address, master=None, reachable=False))
+        addr = r.connection_pool.master_address
+        master = f"{addr[0]}:{addr[1]}" if addr else None
+    return Topology(role=repl.get("role"), master=master, repl_offset=offset,
+                    min_replicas_good=_as_int(repl.get("min_slaves_good_slaves")), replicas=replicas,
+                    sentinels=sentinels)
 
 
 def server_facts(r: redis.Redis) -> tuple[str | None, str | None]:

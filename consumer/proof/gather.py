@@ -15,7 +15,7 @@ import redis
 
 from . import collect
 from . import state
-from .config import ProofSettings, redact_url
+from .config import ProofSettings
 from .cpu import CpuMeter, meter_for_pid, unit_cpu_reader
 from .health import evaluate
 from .report import drain, error_rate, movement
@@ -41,7 +41,7 @@ def open_redis(settings: ProofSettings) -> redis.Redis:
         r.ping()
         return r
     except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError) as exc:
-        raise RedisUnreachable(f"Redis unreachable at {redact_url(settings.redis_url)}: {exc}") from None
+        raise RedisUnreachable(f"Redis unreachable at {collect.where(settings)}: {exc}") from None
 
 
 def _cpu_meters(units: dict[str, Any], cpu_pids: tuple[int, ...]) -> dict[str, CpuMeter]:
@@ -68,7 +68,7 @@ def gather(settings: ProofSettings, r: redis.Redis, *, use_state: bool = True,
     try:
         return _gather(settings, r, use_state=use_state, cpu_pids=cpu_pids)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnreachable(f"Redis unreachable at {redact_url(settings.redis_url)}: {exc}") from None
+        raise RedisUnreachable(f"Redis unreachable at {collect.where(settings)}: {exc}") from None
 
 
 def _gather(settings: ProofSettings, r: redis.Redis, *, use_state: bool, cpu_pids: tuple[int, ...]) -> Report:
@@ -101,7 +101,8 @@ def _gather(settings: ProofSettings, r: redis.Redis, *, use_state: bool, cpu_pid
     report = Report(
         schema_version=SCHEMA_VERSION,
         generated_at=iso(last.t),
-        redis=RedisFacts(url=redact_url(settings.redis_url), version=version, role=role, server_time=last.t),
+        redis=RedisFacts(url=collect.where(settings), version=version, role=role, server_time=last.t,
+                         topology=collect.topology(r)),
         settings={
             "intent_stream": settings.intent_stream, "result_stream": settings.result_stream,
             "dlq_stream": settings.dlq_stream, "group": settings.group, "stats_key": settings.stats_key,

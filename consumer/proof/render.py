@@ -56,6 +56,23 @@ def header(rep: Report) -> list[str]:
     return [f"quantum proof · {rep.redis.url} (redis {rep.redis.version}) · {rep.generated_at} · {window}"]
 
 
+def topology_lines(rep: Report) -> list[str]:
+    """Master, replicas with their lag and the sentinels' agreement; nothing for a lone Redis without replicas."""
+    t = rep.redis.topology
+    if t is None or not (t.replicas or t.sentinels):
+        return []
+    out = [_row("redis", f"master {t.master or '(this server)'}  role {t.role}  "
+                         f"replicas in sync for writes {n(t.min_replicas_good)}")]
+    for x in t.replicas:
+        out.append(_row("", f"replica {x.address}  {x.state}  lag {n(x.lag_bytes)} bytes, last ack {n(x.lag_sec)}s ago"))
+    if t.sentinels:
+        agree = sum(1 for s in t.sentinels if s.master == t.master)
+        answering = sum(1 for s in t.sentinels if s.reachable)
+        out.append(_row("", f"sentinels {answering} of {len(t.sentinels)} answering, {agree} name {t.master}  "
+                            + " ".join(f"{s.address}->{s.master or 'no answer'}" for s in t.sentinels)))
+    return out
+
+
 def stream_lines(rep: Report) -> list[str]:
     rs, mv = rep.result_stream, rep.movement
     if not rs.exists:
@@ -174,6 +191,6 @@ SECTIONS = {
 def render(rep: Report) -> str:
     """The full `--once` layout."""
     lines = header(rep)
-    for fn in (stream_lines, backlog_lines, dlq_lines, rate_lines, counter_lines, unit_lines, health_lines):
+    for fn in (topology_lines, stream_lines, backlog_lines, dlq_lines, rate_lines, counter_lines, unit_lines, health_lines):
         lines += fn(rep)
     return "\n".join(lines)

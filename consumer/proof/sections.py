@@ -188,11 +188,43 @@ class PreviousRun:
 
 
 @dataclass
+class ReplicaLink:
+    """One replica as the master sees it: lag in bytes behind its offset and seconds since its last ack."""
+
+    address: str
+    state: str | None
+    lag_bytes: int
+    lag_sec: int | None
+
+
+@dataclass
+class SentinelView:
+    """What one sentinel answers for the master's address (None when it did not answer)."""
+
+    address: str
+    master: str | None
+    reachable: bool
+
+
+@dataclass
+class Topology:
+    """Master, replicas and (with REDIS_SENTINELS) every sentinel's view: who is master and whether they agree."""
+
+    role: str | None
+    master: str | None
+    repl_offset: int
+    min_replicas_good: int | None
+    replicas: list[ReplicaLink]
+    sentinels: list[SentinelView]
+
+
+@dataclass
 class RedisFacts:
     url: str
     version: str | None
     role: str | None
     server_time: float
+    topology: Topology | None = None
 
 
 @dataclass
