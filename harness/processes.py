@@ -67,8 +67,9 @@ class RedisServer:
     """
 
     def __init__(self, persistent: bool = False, aclfile: Path | None = None,
-                 admin: tuple[str, str] | None = None, data_root: Path | None = None) -> None:
+                 admin: tuple[str, str] | None = None, data_root: Path | None = None, bind: str = "127.0.0.1") -> None:
         self.port = free_port()
+        self.bind = bind  # another address, e.g. a lab bridge's, lets lab hosts reach it
         self.dir = Path(tempfile.mkdtemp(prefix="quantum-redis-", dir=data_root))
         self.persistent = persistent
         self.aclfile = aclfile  # users.acl as the deploy writes it; then ``admin`` (user, password) is how we log in
@@ -77,10 +78,10 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind}:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 # no automatic AOF rewrite: a fork + rewrite in the middle of a timed run would measure the rewrite
                 "--auto-aof-rewrite-percentage", "0",
@@ -114,8 +115,8 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         if self.admin is not None:
-            return redis.Redis(port=self.port, username=self.admin[0], password=self.admin[1])
-        return redis.Redis(port=self.port)
+            return redis.Redis(host=self.bind, port=self.port, username=self.admin[0], password=self.admin[1])
+        return redis.Redis(host=self.bind, port=self.port)
 
     def log(self) -> str:
         try:
