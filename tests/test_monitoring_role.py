@@ -27,13 +27,12 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.monitoring import EXPORTER, PROMETHEUS, Procs, get_json
 from support import DLQ, GROUP, INTENTS, RESULTS, ROOT, RedisServer, ServiceProcess, free_port, intent, wait_until, xadd
 
 ANSIBLE = ROOT / "ansible"
 ROLE = ANSIBLE / "roles" / "quantum_monitoring"
 PLAYBOOK_BIN = Path(sys.executable).with_name("ansible-playbook")
-PROMETHEUS = shutil.which("prometheus")
-EXPORTER = shutil.which("prometheus-redis-exporter")
 
 RENDER = """
 - name: Render the monitoring role's files into a directory
@@ -134,34 +133,6 @@ def parse_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             env[key.strip()] = shlex.split(value)[0] if value else ""
     return env
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read().decode())
-
-
-class Procs:
-    """Processes this test started; stopped (by their own handles) at the end."""
-
-    def __init__(self) -> None:
-        self.items: list[subprocess.Popen] = []
-
-    def start(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.items.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in reversed(self.items):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ The seed's monitoring commands, each one command (all accept --json):
     python -m consumer.proof stale-drops    STALE_INTENT_DROP lines of quantum-execution in the journal (last hour)
     python -m consumer.proof units          systemd state (and CPU over the sample window) of both units
     python -m consumer.proof observe        sample over --window and decide healthy/unhealthy/hold (the ramp's gate;
-                                            exit 0/1/3, rules in consumer/proof/observe.py)
+                                            exit 0/1/3, rules in consumer/proof/observe.py); with
+                                            --metrics-source prometheus --prometheus-url URL the same rules judge
+                                            what Prometheus scraped over the window (consumer/proof/promsource.py)
     python -m consumer.proof plan           the ramp's next step from the phase table, state, settings file and an
                                             observation (--json; rules in consumer/proof/plan.py)
 
@@ -32,14 +34,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from .config import ProofSettings, UsageError
 from .exitcode import ExitCode
 from .gather import RedisUnreachable, gather, open_redis
 from .observe import Thresholds, exit_code, observe
+from .promsource import PromSource
 from .plan import main as plan_main
 from .render import SECTIONS, header, render
 from .sections import Report, as_json
@@ -48,6 +53,7 @@ from .watch import watch
 
 log = logging.getLogger("consumer.proof")
 
+METRICS_SOURCES = ("proof", "prometheus")
 COMMANDS = ("stream", "backlog", "rate", "stale-drops", "units", "observe", "plan")
 # Which checks decide a subcommand's exit code, and which report keys its --json carries.
 SECTION_CHECKS = {"stream": ("group", "progress"), "backlog": ("group", "progress"), "rate": (), "units": ("units",)}
@@ -100,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="failing samples tolerated per rule (default 1)")
     o.add_argument("--error-min-consumed", type=int, default=Thresholds.error_min_consumed,
                     help="consumed entries needed to judge errors")
+    o.add_argument("--metrics-source", choices=METRICS_SOURCES, default=None,
+                   help="where the window's numbers come from: proof (its own sampling, default) or prometheus "
+                        "(PROOF_METRICS_SOURCE)")
+    o.add_argument("--prometheus-url", help="Prometheus base URL, e.g. http://10.0.0.5:9090 (PROOF_PROMETHEUS_URL)")
+    o.add_argument("--prometheus-host", help="`host` label of this execution service's target (default: hostname)")
+    o.add_argument("--prometheus-job", default=PromSource.job, help="`job` of the execution services' targets")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -172,15 +184,32 @@ def run_section(command: str, rep: Report, json_out: bool) -> int:
     return ExitCode.UNHEALTHY if failed else ExitCode.OK
 
 
+def prometheus_from(args: argparse.Namespace, env: Mapping[str, str]) -> PromSource | None:
+    """The Prometheus source when --metrics-source (else PROOF_METRICS_SOURCE) says prometheus; None for the proof's
+    own sampling."""
+    source = args.metrics_source or env.get("PROOF_METRICS_SOURCE", "").strip() or "proof"
+    if source not in METRICS_SOURCES:
+        raise UsageError(f"PROOF_METRICS_SOURCE={source!r} is not one of {', '.join(METRICS_SOURCES)}")
+    if source == "proof":
+        return None
+    url = (args.prometheus_url or env.get("PROOF_PROMETHEUS_URL", "")).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--prometheus-url (PROOF_PROMETHEUS_URL) must be an http(s) URL with a host, got {url!r}")
+    host = args.prometheus_host or PromSource(url).host
+    return PromSource(url, host=host, job=args.prometheus_job)
+
+
 def run_observe(settings: ProofSettings, args: argparse.Namespace) -> int:
     """The ramp's gate: decision JSON (or its summary line); exit 0 healthy, 1 unhealthy, 3 hold."""
     if args.window <= 0 or args.warmup < 0 or args.failure_limit < 0:
         raise UsageError("--window must be > 0, --warmup and --failure-limit >= 0")
+    prometheus = prometheus_from(args, os.environ)
     th = Thresholds(error_rate_max=settings.error_rate_max, error_min_consumed=args.error_min_consumed,
                     cpu_max=args.cpu_max, lag_growth_min=args.lag_growth_min, lag_slope_max=args.lag_slope_max,
                     failure_limit=args.failure_limit)
     result = observe(settings, th, window=args.window, interval=args.interval, warmup=args.warmup,
-                     unit=args.cpu_unit, pid=args.cpu_pid[0] if args.cpu_pid else None)
+                     unit=args.cpu_unit, pid=args.cpu_pid[0] if args.cpu_pid else None, prometheus=prometheus)
     if args.json:
         print_json(result)
     else:

@@ -16,6 +16,14 @@ from typing import Mapping
 from .config import ERROR_COUNTERS
 
 ERROR_RATE_DEFINITION = "(failed + dead_lettered) / consumed"
+# The service's Prometheus counter has no `consumed` outcome: every acknowledged entry is counted under exactly one of
+# these (failed inside executed, invalid inside dead_lettered), so their sum is the counters hash's `consumed`.
+CONSUMED_OUTCOMES = ("executed", "stale", "duplicate", "dead_lettered")
+
+
+def with_consumed(outcomes: Mapping[str, float]) -> dict[str, float]:
+    """Counters by outcome (the service's Prometheus counter) plus `consumed`, named as in the counters hash."""
+    return {**outcomes, "consumed": sum(outcomes.get(k, 0) for k in CONSUMED_OUTCOMES)}
 
 
 def backlog(lag: int | None, pending: int | None) -> int | None:

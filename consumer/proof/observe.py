@@ -18,6 +18,9 @@ Rules over the window (thresholds are flags; the ramp passes its variables):
 
 Decision: `hold` when a source needed by a rule could not be read (Redis down, no CPU source, counters reset),
 else `unhealthy` when any rule fired, else `healthy`. Exit 0 healthy, 1 unhealthy, 3 hold.
+
+The points come from the proof's own sampling (default) or, with `--metrics-source prometheus`, from what Prometheus
+scraped over the same window (promsource.py); the rules above judge both.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from typing import Any
 
 import redis
 
-from .config import ProofSettings
+from .config import ProofSettings, redact_url
 from .exitcode import ExitCode
 from .gather import RedisUnreachable, gather, open_redis
 from .metrics import ErrorTally, counter_deltas
+from .promsource import PromSource, sample_prometheus
 from .sections import CpuReading, Report
 
 log = logging.getLogger(__name__)
@@ -189,11 +193,21 @@ def judge(points: list[dict[str, Any]], th: Thresholds) -> dict[str, Any]:
 
 
 def observe(settings: ProofSettings, th: Thresholds, *, window: float, interval: float, warmup: float = 0.0,
-            unit: str = "quantum-execution", pid: int | None = None) -> dict[str, Any]:
-    """Sample over the window and judge it; the dict is what `proof observe --json` prints."""
-    points = sample_points(settings, window=window, interval=interval, warmup=warmup, unit=unit, pid=pid)
+            unit: str = "quantum-execution", pid: int | None = None,
+            prometheus: PromSource | None = None) -> dict[str, Any]:
+    """Sample over the window (the proof's own sampling, or Prometheus) and judge it; the dict is what
+    `proof observe --json` prints."""
+    if prometheus is None:
+        points = sample_points(settings, window=window, interval=interval, warmup=warmup, unit=unit, pid=pid)
+        source: dict[str, Any] = {"name": "proof"}
+    else:
+        points = sample_prometheus(settings, prometheus, window=window, interval=interval, warmup=warmup)
+        source = {"name": "prometheus", "url": redact_url(prometheus.url), "host": prometheus.host,
+                  "job": prometheus.job}
+        source.update(backlog_basis=next((p["backlog_basis"] for p in points if "backlog_basis" in p), None))
     out = judge(points, th)
-    out.update(window_sec=window, interval_sec=interval, warmup_sec=warmup, unit=unit, pid=pid, points=points)
+    out.update(window_sec=window, interval_sec=interval, warmup_sec=warmup, unit=unit, pid=pid, source=source,
+               points=points)
     return out
 
 
