@@ -206,6 +206,8 @@ def observe(settings: ProofSettings, th: Thresholds, *, window: float, interval:
                   "job": prometheus.job}
         source.update(backlog_basis=next((p["backlog_basis"] for p in points if "backlog_basis" in p), None))
     out = judge(points, th)
+    if prometheus is not None:  # the ramp's messages and state file say which source measured
+        out["summary"] += f" from Prometheus {source['url']} (host {prometheus.host})"
     out.update(window_sec=window, interval_sec=interval, warmup_sec=warmup, unit=unit, pid=pid, source=source,
                points=points)
     return out

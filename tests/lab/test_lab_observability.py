@@ -5,7 +5,9 @@ redeploy changes nothing -> log directory and files owned and moded for the oper
 execution.log | grep STALE_INTENT_DROP` sees a stale intent, and the journal the same line -> `logrotate -f` rotates
 and the running service writes on into the new file -> a log file that cannot be opened stops the unit with exit 2,
 no restart loop -> Prometheus scrapes every target (all up) with stream/group/consumer/host labels -> venue errors
-fire QuantumErrorRateHigh -> a stopped execution service with the AI engine publishing fires QuantumBacklogGrowing.
+fire QuantumErrorRateHigh -> a stopped execution service with the AI engine publishing fires QuantumBacklogGrowing
+-> the ramp, whose gate reads this Prometheus (the inventory names a monitoring host), reaches the verdict the proof's
+own sampling reaches over the same window: healthy traffic, then venue errors.
 
 The alerts fire in minutes because this inventory shortens their `for:` (quantum_monitoring_alert_for: 15 s and 30 s
 instead of 2 and 10 minutes); their expressions and thresholds are the shipped ones. The tests run in file order and
@@ -20,6 +22,7 @@ import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -40,7 +43,10 @@ HOST_VARS = {
     "quantum_monitoring_alert_for": ALERT_FOR,
     # The stale-drop log speaks at most once per interval: 1 s lets a test see a fresh line without waiting 30 s.
     "quantum_env_extra": {"METRICS_PORT": 9108, "STALE_LOG_INTERVAL_SEC": 1},
+    # Points every 5 s for the ramp's Prometheus source, as its own sampling takes them (the shipped 15 s gives a third).
+    "quantum_monitoring_scrape_interval": "5s",
 }
+RAMP_WINDOW = 40
 
 
 class ObservedLabHost(LabHost):
@@ -245,3 +251,54 @@ def test_a_stopped_execution_service_fires_backlog_growing(lab: LabHost) -> None
     wait_until(lambda: all(float(s["value"][1]) < 5 for s in
                            api("/api/v1/query", query="quantum:intent_delivery_gap_seconds")["result"]),
                120, interval=3, what="the delivery gap back under 5 s")
+
+
+def gate_beside_the_proof(lab: LabHost) -> tuple[str, dict]:
+    """ramp.yml's dry run of phase 2 (its gate reads Prometheus) and, started on the host as soon as that observation
+    runs, the proof's own sampling over a window as long: the ramp's gate summary and the proof's observation."""
+    args = ("-e", "phase=2", "-e", "dry_run=true", "-e", f"quantum_ramp_gate_window_sec={RAMP_WINDOW}",
+            "-e", "quantum_ramp_interval_sec=5")
+    with ThreadPoolExecutor(1) as pool:
+        ramp = pool.submit(timed, lab, "ramp.yml", *args, timeout=600)
+        wait_until(lambda: ramp.done() or lab.sh("pgrep -f '[o]bserve --json.*--metrics-source [p]rometheus'",
+                                                 check=False).returncode == 0, 120, interval=0.5,
+                   what="the ramp's observation from Prometheus running on the host")
+        assert not ramp.done(), ramp.result().stdout[-4000:]
+        started = time.monotonic()
+        proof = lab.sh(f"/opt/quantum/ops/proof_pipeline.sh observe --json --window {RAMP_WINDOW} --interval 5",
+                       check=False, timeout=RAMP_WINDOW + 120)
+        res = ramp.result()
+        print(f"ramp dry run done {time.monotonic() - started:.0f}s after the proof's window began")
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    out = " ".join(res.stdout.split())
+    m = re.search(r"gate: ((HEALTHY|UNHEALTHY|HOLD): .*? from Prometheus http://" + re.escape(IP) + r":9090 "
+                  rf"\(host {NAME}\))", out)
+    assert m and f"DRY RUN on {NAME}: nothing changed" in out, out[-4000:]
+    assert proof.returncode in (0, 1, 3) and proof.stdout.strip(), proof.stderr
+    return m.group(1), json.loads(proof.stdout)
+
+
+def error_rate(summary: str) -> float:
+    m = re.search(r"error rate ([0-9.]+)% \(", summary)
+    assert m, summary
+    return float(m.group(1)) / 100
+
+
+def test_the_ramp_reading_prometheus_agrees_with_the_proof_on_the_same_window(lab: LabHost) -> None:
+    assert lab.out("systemctl is-active quantum-execution quantum-ai-engine") == "active\nactive"
+    gate, proof = gate_beside_the_proof(lab)
+    print(f"healthy traffic: ramp (Prometheus) {gate}\n  proof: {proof['summary']}")
+    assert gate.startswith("HEALTHY: ") and proof["decision"] == "healthy", (gate, proof["summary"])
+    assert proof["source"]["name"] == "proof"
+    assert abs(error_rate(gate) - error_rate(proof["summary"])) < 0.02
+
+    runtime_dropin(lab, "Environment=PAPER_FAIL_RATE=0.5")
+    try:
+        lab.out("systemctl restart quantum-execution")
+        gate, proof = gate_beside_the_proof(lab)
+    finally:
+        runtime_dropin(lab, None)
+    print(f"venue errors: ramp (Prometheus) {gate}\n  proof: {proof['summary']}")
+    assert gate.startswith("UNHEALTHY: ") and proof["decision"] == "unhealthy", (gate, proof["summary"])
+    assert proof["fired"] == ["error_rate_high"], proof["summary"]
+    assert 0.3 < error_rate(proof["summary"]) < 0.7 and abs(error_rate(gate) - error_rate(proof["summary"])) < 0.1
