@@ -99,9 +99,9 @@ def both(stack: Stack, pid: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def figures(res: dict[str, Any]) -> str:
-    rules = res["rules"]
+    rules, lag = res["rules"], res["rules"]["lag_increasing"]
     return (f"{res['source']['name']}: {res['decision']} fired={res['fired']} samples={res['samples']} "
-            f"backlog growth={rules['lag_increasing'].get('growth')} slope={rules['lag_increasing'].get('slope_per_sec')} "
+            f"backlog growth={lag.get('growth')} slope={lag.get('slope_per_sec')} "
             f"errors={rules['error_rate_high'].get('errors')}/{rules['error_rate_high'].get('consumed')} "
             f"cpu mean={rules['cpu_high'].get('mean')}")
 
@@ -171,12 +171,14 @@ def test_an_unreachable_prometheus_holds_exit_3(stack: Stack, tmp_path: Path) ->
     assert res.returncode == 3, res.stderr
     out = json.loads(res.stdout)
     assert out["decision"] == "hold" and out["source"]["name"] == "prometheus"
-    assert out["summary"].startswith("HOLD: no sample could be read: prometheus") and "Connection refused" in out["summary"]
+    assert out["summary"].startswith("HOLD: no sample could be read: prometheus")
+    assert "Connection refused" in out["summary"]
 
 
 def test_a_bad_metrics_source_is_a_usage_error(stack: Stack) -> None:
-    for env, word in (({"PROOF_METRICS_SOURCE": "graphite"}, "PROOF_METRICS_SOURCE='graphite'"),
-                      ({"PROOF_METRICS_SOURCE": "prometheus", "PROOF_PROMETHEUS_URL": "prom:9090"}, "--prometheus-url")):
+    for env, word in (
+            ({"PROOF_METRICS_SOURCE": "graphite"}, "PROOF_METRICS_SOURCE='graphite'"),
+            ({"PROOF_METRICS_SOURCE": "prometheus", "PROOF_PROMETHEUS_URL": "prom:9090"}, "--prometheus-url")):
         res = subprocess.run([sys.executable, "-m", "consumer.proof", "observe", "--window", "1"], cwd=ROOT,
                              env={"PATH": "/usr/bin:/bin", "REDIS_URL": stack.server.url, **env},
                              capture_output=True, text=True, timeout=30)

@@ -49,7 +49,8 @@ def test_a_bad_metrics_source_stops_the_ramp_before_the_host_is_contacted(tmp_pa
         inv, args = inventory(tmp_path, None), ("-e", "quantum_ramp_metrics_source=prometheus")
         want = "quantum_ramp_prometheus_url='' must be an http(s) URL of Prometheus"
     else:
-        inv = inventory(tmp_path, {"qrm": {"ansible_host": "192.0.2.7"}}, {"quantum_ramp_prometheus_url": "192.0.2.7:9090"})
+        inv = inventory(tmp_path, {"qrm": {"ansible_host": "192.0.2.7"}},
+                        {"quantum_ramp_prometheus_url": "192.0.2.7:9090"})
         args = ()
         want = "quantum_ramp_prometheus_url='192.0.2.7:9090' must be an http(s) URL of Prometheus"
     out = ramp(inv, *args)
@@ -70,8 +71,9 @@ def test_the_default_source_follows_the_inventory(tmp_path: Path, monitoring: di
     inv = inventory(tmp_path, monitoring)
     out = ramp(inv)
     assert "UNREACHABLE" in out, out[-3000:]
+    msg = "msg={{ [quantum_ramp_metrics_source, quantum_ramp_prometheus_url | trim] }}"
     show = subprocess.run([str(Path(sys.executable).with_name("ansible")), "qrx-a", "-i", str(inv), "-m",
-                           "ansible.builtin.debug", "-a", "msg={{ [quantum_ramp_metrics_source, quantum_ramp_prometheus_url | trim] }}",
+                           "ansible.builtin.debug", "-a", msg,
                            "-e", "@" + str(ANSIBLE / "roles/quantum_ramp/defaults/main.yml")],
                           cwd=ANSIBLE, capture_output=True, text=True, timeout=60)
     assert show.returncode == 0, show.stdout + show.stderr

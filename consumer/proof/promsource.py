@@ -74,7 +74,8 @@ class PromSource:
         except (OSError, ValueError) as exc:
             raise PromUnreadable(f"prometheus {redact_url(self.url)} unreadable: {exc}") from None
         if not isinstance(body, dict) or body.get("status") != "success":
-            raise PromUnreadable(f"prometheus {redact_url(self.url)}: {expr}: {body.get('error') if isinstance(body, dict) else body}")
+            why = body.get("error") if isinstance(body, dict) else body
+            raise PromUnreadable(f"prometheus {redact_url(self.url)}: {expr}: {why}")
         return body["data"]["result"]
 
     def series(self, sel: str, start: float, end: float) -> list[tuple[dict[str, str], Samples]]:
@@ -154,8 +155,8 @@ def prom_points(settings: ProofSettings, src: PromSource, *, start: float, end: 
     delivered = _one(src.series(selector("redis_stream_group_last_delivered_id", stream=stream, group=group), lo, hi))
     generated = _one(src.series(selector("redis_stream_last_generated_id", stream=stream), lo, hi))
     intents = src.series(selector("quantum_execution_intents_total", stream=stream, group=group), lo, hi)
-    cpu = cumulative(s, False) if (s := _one(src.series(
-        selector("process_cpu_seconds_total", job=src.job, host=src.host), lo, hi))) else []
+    cpu_raw = _one(src.series(selector("process_cpu_seconds_total", job=src.job, host=src.host), lo, hi))
+    cpu = cumulative(cpu_raw, False) if cpu_raw else []
     up = _one(src.series(selector("up", job=src.job, host=src.host), lo, hi))
     if not up:
         raise PromUnreadable(f"prometheus has no target of job={src.job} host={src.host} (is this host scraped?)")
@@ -181,10 +182,12 @@ def prom_points(settings: ProofSettings, src: PromSource, *, start: float, end: 
         caught_up = d is not None and g is not None and d >= g
         moved = c["consumed"] > c0["consumed"] or (d or 0) > (value_at(delivered, prev) or 0) or (
             p is not None and p < (value_at(pending, prev) or 0))
-        rows.append({"t": t, "rel": None if xlen is None else xlen - c["consumed"], "pending": p, "caught_up": caught_up,
-                     "moved": moved, "counters": {k: round(v) for k, v in c.items()}, "up": value_at(up, t),
+        rows.append({"t": t, "rel": None if xlen is None else xlen - c["consumed"], "pending": p,
+                     "caught_up": caught_up, "moved": moved, "counters": {k: round(v) for k, v in c.items()},
+                     "up": value_at(up, t),
                      "cpu": cpu_percent(cpu, t), "window": round(t - prev, 1)})
-    anchors = [r["pending"] - r["rel"] for r in rows if r["caught_up"] and r["pending"] is not None and r["rel"] is not None]
+    anchors = [r["pending"] - r["rel"] for r in rows
+               if r["caught_up"] and r["pending"] is not None and r["rel"] is not None]
     first = rows[0]
     base = anchors[0] if anchors else ((first["pending"] or 0) - (first["rel"] or 0))
     basis = "anchored" if anchors else "relative"

@@ -43,7 +43,7 @@ HOST_VARS = {
     "quantum_monitoring_alert_for": ALERT_FOR,
     # The stale-drop log speaks at most once per interval: 1 s lets a test see a fresh line without waiting 30 s.
     "quantum_env_extra": {"METRICS_PORT": 9108, "STALE_LOG_INTERVAL_SEC": 1},
-    # Points every 5 s for the ramp's Prometheus source, as its own sampling takes them (the shipped 15 s gives a third).
+    # Points every 5 s for the ramp's Prometheus source, as its own sampling takes them (15 s as shipped: a third).
     "quantum_monitoring_scrape_interval": "5s",
 }
 RAMP_WINDOW = 40
