@@ -11,8 +11,8 @@ recovered from the venue by client order id instead of trading again (see docs/i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import redis
 
@@ -40,8 +40,9 @@ class Claim(Enum):
     REDELIVERED = "redelivered"  # this very entry was claimed before a crash: reconcile with the venue
 
 
-@dataclass(frozen=True)
-class ClaimRequest:
+class ClaimRequest(NamedTuple):
+    """One intent to claim, and the entry that carries it (a named tuple: one is built per executed intent)."""
+
     intent_id: str
     entry_id: str
 

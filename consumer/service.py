@@ -175,10 +175,9 @@ class Service:
             self._gc_consumers()
             self._next_gc = now + 600
         self.venue.dispatch()
-        room = self.cfg.max_in_flight - self.held
-        if room > 0 and (self.held == 0 or room >= max(1, self.cfg.xreadgroup_count // 2)):
+        if self._may_read():
             # The outcomes gathered so far are committed in the same round trip as this read (commit first).
-            entries = self._commit_and_read(min(self.cfg.xreadgroup_count, room),
+            entries = self._commit_and_read(min(self.cfg.xreadgroup_count, self.cfg.max_in_flight - self.held),
                                             None if self.held else self.cfg.block_ms)
             if entries:
                 self._admit(entries)
@@ -187,7 +186,17 @@ class Service:
                 return
         self._commit()
         self._wait_for_progress()
-        self._commit()
+        if self.held:
+            self._commit()  # with nothing held the next tick reads, and that read carries the commit
+
+    def _may_read(self) -> bool:
+        """Room for a batch: nothing held, or (a venue taking milliseconds per order) room for half a batch, so the
+        next one is read and admitted while the venue works on the last. A venue answering in microseconds gets whole
+        batches, one at a time: halves would only double the round trips and scripts per intent."""
+        if self.held == 0:
+            return True
+        room = self.cfg.max_in_flight - self.held
+        return not self.venue.chunked and room >= max(1, self.cfg.xreadgroup_count // 2)
 
     def _wait_for_progress(self) -> None:
         if self.venue.futures:

@@ -26,13 +26,12 @@ if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', token_ttl) then return -1 end
 local a = 9
 local written = 0
 for r = 1, n_results do
-  local key = KEYS[5 + r]
-  local cur = redis.call('GET', key)
-  if not (cur and string.sub(cur, 1, 5) == 'done|') then
+  -- the done record replaces the claim; the value it replaced says whether a result was written already
+  local prior = redis.call('SET', KEYS[5 + r], ARGV[a + 1], 'EX', idem_ttl, 'GET')
+  if not (prior and string.sub(prior, 1, 5) == 'done|') then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'payload', ARGV[a])
     written = written + 1
   end
-  redis.call('SET', key, ARGV[a + 1], 'EX', idem_ttl)
   a = a + 2
 end
 for d = 1, n_dead do

@@ -45,6 +45,11 @@ class VenuePool:
         """Intents this pool holds unacknowledged: waiting for a token or at the venue."""
         return len(self.ready) + self.running
 
+    @property
+    def chunked(self) -> bool:
+        """The venue answers in microseconds: what the limiter grants goes to the pool as one chunk."""
+        return self.venue_sec < FAST_VENUE_SEC
+
     def held_ids(self) -> list[bytes]:
         """Entry ids of every held intent (for heartbeats, and to skip a redelivery of one already in flight)."""
         return [w.entry_id for w in self.ready] + [w.entry_id for c in self.futures.values() for w in c]
@@ -62,7 +67,7 @@ class VenuePool:
         # worker the moment it is free, so EXEC_CONCURRENCY orders are always at the venue. A venue that answers in
         # microseconds gains nothing from parallel workers (the GIL serialises the Python around each order) and
         # pays more for a hand-off than for a fill, so it gets everything granted as one chunk.
-        size = 1 if self.venue_sec >= FAST_VENUE_SEC else granted
+        size = granted if self.chunked else 1
         while granted > 0:
             n = min(size, granted)
             chunk = [ready.popleft() for _ in range(n)]

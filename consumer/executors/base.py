@@ -27,7 +27,10 @@ class Order:
 
     @classmethod
     def from_intent(cls, intent: dict[str, Any]) -> "Order":
-        return cls(
+        # One per executed intent: filled in directly, as a frozen dataclass's __init__ pays an object.__setattr__
+        # per field (three times the cost). The same fields, the same frozen object.
+        order = object.__new__(cls)
+        order.__dict__.update(
             client_order_id=intent["intent_id"],
             symbol=intent["symbol"],
             side=intent["side"],
@@ -37,6 +40,7 @@ class Order:
             time_in_force=intent.get("time_in_force"),
             reduce_only=bool(intent.get("reduce_only", False)),
         )
+        return order
 
 
 @dataclass(frozen=True)
