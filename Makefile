@@ -6,7 +6,8 @@ ACTIVATE := source $(VENV)/bin/activate
 
 ## LAB selects the lab that lab-up, lab-down, deploy, ramp and rollback act on:
 ##   LAB=single (default)  inventory/lab: one host (qlab1) running Redis, the AI engine and the execution service
-##   LAB=fleet             inventory/lab-fleet: a Redis host, an AI-engine host and two execution hosts on one bridge
+##   LAB=fleet             inventory/lab-fleet: three Redis hosts with Sentinel, an AI-engine host and two execution
+##                         hosts on one bridge
 ## e.g. `make deploy LAB=fleet`, `make lab-down LAB=fleet`.
 LAB ?= single
 LAB_INVENTORIES := single=inventory/lab fleet=inventory/lab-fleet
