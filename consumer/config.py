@@ -198,3 +198,26 @@ class Config:
         """The one start-up line operators and the deploy play grep for."""
         return (f"P0.D.5 Config: INTENT_MAX_AGE_SEC={self.intent_max_age_sec}, "
                 f"XREADGROUP_COUNT={self.xreadgroup_count}, EXEC_CONCURRENCY={self.exec_concurrency}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m consumer.config NAME=VALUE ...``: judge settings by the service's own rules without starting it.
+
+    The deploy's pre-flight runs this on the control node with the inventory's values, so the ranges live here only.
+    Prints the one line the service would print and exits 2 when a value is refused, 0 otherwise.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    env = dict(a.partition("=")[::2] for a in args)
+    try:
+        Config.from_env(env)
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    print("settings accepted")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -102,3 +102,17 @@ def test_the_readme_table_lists_every_variable_with_its_true_default():
     contract = (ROOT / "docs" / "contract.md").read_text()  # where the table sends readers for the names
     for name in (defaults.intent_stream, defaults.result_stream, defaults.dlq_stream, defaults.group):
         assert f"`{name}`" in contract, name
+
+
+def test_the_deploy_judges_inventory_values_by_the_same_rules_without_starting_the_service():
+    """`python -m consumer.config NAME=VALUE ...` is what the pre-flight runs on the control node."""
+    def judge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "consumer.config", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=30)
+
+    ok = judge("INTENT_MAX_AGE_SEC=600", "XREADGROUP_COUNT=50", "EXEC_CONCURRENCY=4", "PIPELINE_DIAG=False")
+    assert ok.returncode == 0 and ok.stdout.strip() == "settings accepted", ok.stdout + ok.stderr
+    bad = judge("XREADGROUP_COUNT=50", "EXEC_CONCURRENCY=65")
+    assert bad.returncode == 2 and bad.stdout.strip() == "EXEC_CONCURRENCY=65 is out of range (allowed: 1..64)"
+    ttl = judge("INTENT_MAX_AGE_SEC=900", "IDEMPOTENCY_TTL_SEC=600")
+    assert ttl.returncode == 2 and ttl.stdout.startswith("IDEMPOTENCY_TTL_SEC=600 must exceed INTENT_MAX_AGE_SEC=900")
