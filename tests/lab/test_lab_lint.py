@@ -45,12 +45,12 @@ def test_every_role_has_the_standard_layout_and_documents_its_variables() -> Non
     """defaults/main.yml with a comment above every variable, meta/main.yml, and a README naming every variable."""
     import yaml
 
-    mine = ("quantum_lab", "quantum_preflight", "quantum_env", "quantum_units", "quantum_release", "quantum_restart",
-            "quantum_proof", "quantum_redis", "quantum_rollback")
-    roles = [ANSIBLE / "roles" / name for name in mine]
+    roles = sorted(p for p in (ANSIBLE / "roles").iterdir() if p.is_dir())
+    assert len(roles) >= 13
     for role in roles:
         assert (role / "meta" / "main.yml").is_file(), role.name
-        assert (role / "tasks" / "main.yml").is_file(), role.name
+        # quantum_common holds only the defaults other roles derive from
+        assert (role / "tasks" / "main.yml").is_file() or role.name == "quantum_common", role.name
         readme = (role / "README.md").read_text()
         defaults_file = role / "defaults" / "main.yml"
         if not defaults_file.exists():
