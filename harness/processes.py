@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import shutil
@@ -51,6 +52,19 @@ def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: floa
         proc.kill()
         proc.wait()
         return None
+
+
+_LOG_DIR: Path | None = None
+
+
+def _default_log_dir() -> Path:
+    """Where services log when the caller names no directory: one per harness process, removed when it exits (a test
+    session starts a few hundred services, and their logs were left in the temp dir)."""
+    global _LOG_DIR
+    if _LOG_DIR is None:
+        _LOG_DIR = Path(tempfile.mkdtemp(prefix="quantum-logs-"))
+        atexit.register(shutil.rmtree, _LOG_DIR, True)
+    return _LOG_DIR
 
 
 def _die_with_parent() -> None:
@@ -158,7 +172,9 @@ class ServiceProcess:
 
     def __init__(self, redis_url: str, log_dir: Path | None = None, name: str = "exec", **env: Any) -> None:
         self.env = {**os.environ, "REDIS_URL": redis_url, **{k: str(v) for k, v in env.items()}}
-        self.log_path = Path(tempfile.mkstemp(prefix=f"quantum-{name}-", suffix=".log", dir=log_dir)[1])
+        fd, path = tempfile.mkstemp(prefix=f"quantum-{name}-", suffix=".log", dir=log_dir or _default_log_dir())
+        os.close(fd)
+        self.log_path = Path(path)
         self.proc: subprocess.Popen | None = None
         self.started = self.ready_at = 0.0
 
