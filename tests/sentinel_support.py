@@ -208,6 +208,21 @@ class SentinelCluster:
                                                                  .splitlines()[-15:]) for s in self.sentinels)
             raise AssertionError(f"{exc}\n{node.client().info('replication')}\n{logs}") from None
 
+    def wait_replicated(self, timeout: float = 120) -> Node:
+        """Until the node the sentinels name as master has every other data node as a replica in sync; returns it.
+
+        On a loaded machine the sentinels may fail over a second time (a busy master misses down-after-milliseconds),
+        so which node ends up master is not fixed; that every node serves again, one master and its replicas, is.
+        """
+        def settled() -> Node | bool:
+            try:
+                master = self.master()
+            except (redis.RedisError, StopIteration, AssertionError):  # no sentinel answered yet
+                return False
+            return all(self._link_up(n) for n in self.data if n is not master) and master
+
+        return wait_until(settled, timeout, what="one master with every other data node replicating from it")
+
     def write_when_accepted(self, client: redis.Redis, what: str, write: Any, timeout: float = 60) -> Any:
         """Retry ``write()`` while the master refuses writes (NOREPLICAS until its replica acknowledges again)."""
         def attempt() -> Any:
