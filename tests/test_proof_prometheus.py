@@ -117,12 +117,10 @@ def run_service(stack: Stack, **env: Any) -> ServiceProcess:
     return svc
 
 
-def test_a_healthy_drain_is_healthy_from_both_sources_with_the_same_figures(stack: Stack) -> None:
-    r = stack.server.client()
-    for n in range(1500):  # a backlog to drain: the service reads 100/s (rate limit), 20/s arrive
-        xadd(r, intent(f"backlog-{n:06d}"))
-    svc = run_service(stack, RATE_LIMIT_MAX=100)
-    pub = Publisher(r, 20, "live")
+def under_traffic(stack: Stack, rate: float, prefix: str, **env: Any) -> tuple[dict, dict]:
+    """A service with ``env`` while intents arrive at ``rate``/s: what each source observed over the same window."""
+    svc = run_service(stack, **env)
+    pub = Publisher(stack.server.client(), rate, prefix)
     pub.start()
     try:
         proof, prom = both(stack, svc.pid)
@@ -130,6 +128,14 @@ def test_a_healthy_drain_is_healthy_from_both_sources_with_the_same_figures(stac
         pub.stop()
         svc.stop()
     print(figures(proof), figures(prom), sep="\n")
+    return proof, prom
+
+
+def test_a_healthy_drain_is_healthy_from_both_sources_with_the_same_figures(stack: Stack) -> None:
+    r = stack.server.client()
+    for n in range(1500):  # a backlog to drain: the service reads 100/s (rate limit), 20/s arrive
+        xadd(r, intent(f"backlog-{n:06d}"))
+    proof, prom = under_traffic(stack, 20, "live", RATE_LIMIT_MAX=100)
     assert proof["decision"] == prom["decision"] == "healthy", (proof["summary"], prom["summary"])
     lag_p, lag_m = proof["rules"]["lag_increasing"], prom["rules"]["lag_increasing"]
     # the backlog drains at about 80 entries/s in both views
@@ -144,16 +150,7 @@ def test_a_healthy_drain_is_healthy_from_both_sources_with_the_same_figures(stac
 
 
 def test_venue_errors_are_unhealthy_from_both_sources_with_the_same_error_rate(stack: Stack) -> None:
-    r = stack.server.client()
-    svc = run_service(stack, PAPER_FAIL_RATE=0.5)
-    pub = Publisher(r, 40, "failing")
-    pub.start()
-    try:
-        proof, prom = both(stack, svc.pid)
-    finally:
-        pub.stop()
-        svc.stop()
-    print(figures(proof), figures(prom), sep="\n")
+    proof, prom = under_traffic(stack, 40, "failing", PAPER_FAIL_RATE=0.5)
     assert proof["decision"] == prom["decision"] == "unhealthy", (proof["summary"], prom["summary"])
     assert proof["fired"] == prom["fired"] == ["error_rate_high"]
     err_p, err_m = proof["rules"]["error_rate_high"], prom["rules"]["error_rate_high"]
