@@ -197,8 +197,11 @@ def prom_points(settings: ProofSettings, src: PromSource, *, start: float, end: 
 def _point(row: dict[str, Any], base: float, basis: str, settings: ProofSettings, src: PromSource) -> dict[str, Any]:
     """One point in observe.to_point's shape, with the checks it failed."""
     p = row["pending"]
-    # never under pending: interpolating a counter committed in batches can overshoot by a batch
-    backlog = None if row["rel"] is None or p is None else max(int(p), round(row["rel"] + base))
+    # Anchored, never under pending: interpolating a counter committed in batches can overshoot by a batch. Relative
+    # (no caught-up point to anchor at), the values only carry growth and slope: a clamp at pending would flatten a
+    # draining backlog, whose relative values fall below the first point's pending count.
+    rel = None if row["rel"] is None else round(row["rel"] + base)
+    backlog = None if rel is None or p is None else (max(int(p), rel) if basis == "anchored" else rel)
     lag = None if backlog is None else (0 if row["caught_up"] else max(0, backlog - int(p)))
     failed = []
     if row["rel"] is None:
