@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from .config import COUNTER_NAMES, ProofSettings
+from .config import COUNTER_NAMES, ProofSettings, redact_url
 from .sections import (Consumer, Counters, DeadLetter, Dlq, GroupInfo, RateKey, RateLimiters, ReplicaLink, SentinelView,
                        StreamInfo, Topology)
 
@@ -44,7 +44,6 @@ def connect(settings: ProofSettings) -> redis.Redis:
 def where(settings: ProofSettings) -> str:
     """Where the proof reads, safe to print: the sentinels and master name, or the URL without its password."""
     from ..connection import sentinel_from_env
-    from .config import redact_url
 
     try:
         target = sentinel_from_env(os.environ)
