@@ -63,7 +63,7 @@ run: bootstrap
 	$(ACTIVATE) && python -m scripts.demo
 
 ## Benchmark (bench/README.md): backlog drain and execution throughput against the raw Redis floor; writes
-## bench/results.json. The quick size is the CI smoke (well under 2 minutes); its results go to bench/out/.
+## bench/results.json. The quick size is a first look (about 1.5 minutes); its results go to bench/out/.
 bench: bootstrap
 	$(ACTIVATE) && python -m bench.run
 

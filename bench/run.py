@@ -2,7 +2,8 @@
 """Benchmark: backlog drain and execution throughput of the service against the raw Redis floor, in one run.
 
     python -m bench.run            # full size (make bench): 1.4M stale backlog, writes bench/results.json
-    python -m bench.run --quick    # CI smoke size (make bench-quick), well under 2 minutes
+    python -m bench.run --quick    # a first look (make bench-quick), about 1.5 minutes
+    python -m bench.run --smoke    # every figure once at the smallest sizes: the test suite's smoke run
 
 From the project root (the harness/ and consumer/ packages are imported from there). The private redis-server and
 the service process are the tests' own (harness/), and the contract floor goes through the service's own stream I/O
@@ -78,6 +79,11 @@ SIZES: dict[str, dict[str, Any]] = {
     "quick": dict(stale_n=100_000, floor_n=60_000, floor_reps=5, stale_reps=3, fresh_n=6_000, fresh_reps=3,
                   io_sec=1.0, io_reps=1, aof_stale_n=30_000, aof_floor_n=10_000, aof_floor_reps=2,
                   aof_stale_reps=1, aof_fresh_n=2_000, aof_fresh_reps=1, aof_fresh_concs=(1,)),
+    # The test suite's smoke run: every stage and figure once, at the smallest sizes that still measure something;
+    # its figures are too noisy to read (use --quick for a first look).
+    "smoke": dict(stale_n=30_000, floor_n=20_000, floor_reps=1, stale_reps=1, fresh_n=2_000, fresh_reps=1,
+                  io_sec=0.5, io_reps=1, aof_stale_n=10_000, aof_floor_n=5_000, aof_floor_reps=1,
+                  aof_stale_reps=1, aof_fresh_n=1_000, aof_fresh_reps=1, aof_fresh_concs=(1,)),
 }
 
 
@@ -661,18 +667,21 @@ SCHEMA = None
 def main(argv: list[str] | None = None) -> int:
     global SCHEMA
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI smoke size (well under 2 minutes)")
+    sizes = ap.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="a first look (about 1.5 minutes)")
+    sizes.add_argument("--smoke", action="store_true", help="the test suite's smoke run: every figure once, the "
+                       "smallest sizes (figures not worth reading)")
     ap.add_argument("--redis-dir", type=Path, default=None, help="parent of the private Redis's data dir (the AOF); "
                     "default the first of /var/tmp and build/ that is not memory-backed")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json, "
-                    "bench/out/results-quick.json with --quick)")
+                    "bench/out/results-<size>.json with --quick or --smoke)")
     ap.add_argument("--table", type=Path, metavar="RESULTS", help="only print the table of an existing results file")
     args = ap.parse_args(argv)
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return 0
-    size = "quick" if args.quick else "full"
-    out = args.out or (ROOT / "bench" / ("results.json" if size == "full" else "out/results-quick.json"))
+    size = "quick" if args.quick else "smoke" if args.smoke else "full"
+    out = args.out or (ROOT / "bench" / ("results.json" if size == "full" else f"out/results-{size}.json"))
     from consumer.validation import SchemaValidator, load_schema
 
     SCHEMA = SchemaValidator(load_schema(CFG.schema_dir / "trade_intent.schema.json"))

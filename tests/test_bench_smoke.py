@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness: the quick size runs end to end and writes a well-formed results file.
+"""Smoke test of the benchmark harness: the smoke size runs end to end and writes a well-formed results file.
 
 No timing assertions: the figures depend on the machine. What must hold is that every figure is measured, named,
 divided by the floor it names, and that the machine and versions are recorded.
@@ -32,15 +32,15 @@ def _number(x) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_quick_bench_writes_every_figure(tmp_path):
+def test_smoke_bench_writes_every_figure(tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "figure" in proc.stdout  # the table was printed
 
     result = json.loads(out.read_text())
-    assert result["size"] == "quick"
+    assert result["size"] == "smoke"
     machine = result["machine"]
     assert isinstance(machine["cpu_count"], int) and machine["cpu_count"] >= 1
     for key in ("python", "redis_server", "redis_py", "hiredis"):
