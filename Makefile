@@ -22,11 +22,12 @@ PLAYBOOK := ansible-playbook -i ../$(INVENTORY)
 bootstrap:
 	@scripts/bootstrap.sh
 
-## The whole suite: lint, unit/integration tests against a real redis-server, the lab and molecule, bench smoke.
+## The suite CI gates on (scripts/test.sh): the gated lab modules side by side with the checks that measure no rate
+## or time, then the service, chaos, proof and Sentinel tests against real redis-servers and the bench smoke, alone.
 test: bootstrap
 	$(ACTIVATE) && scripts/test.sh
 
-## The whole suite plus the lab modules not yet stable on a 2-core machine (managed Redis, life cycles, molecule, ramp).
+## make test plus the slower lab modules (Sentinel on five hosts, observability, life cycles, molecule, the ramp).
 test-all: bootstrap
 	$(ACTIVATE) && QUANTUM_TEST_ALL=1 scripts/test.sh
 
