@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quantum_labkit import ANSIBLE, ROOT
+from quantum_labkit import ANSIBLE, ROOT, SHIPPED
 
 pytestmark = pytest.mark.timeout(300)
 BIN = Path(sys.executable).parent
@@ -62,3 +62,15 @@ def test_every_role_has_the_standard_layout_and_documents_its_variables() -> Non
             assert f"`{name}`" in readme, f"{role.name}/README.md does not document {name}"
             idx = next(i for i, line in enumerate(lines) if line.startswith(name + ":"))
             assert lines[idx - 1].startswith("#"), f"{role.name}: {name} has no comment line above it"
+
+
+def test_molecule_snapshots_what_the_lab_tests_ship() -> None:
+    """The molecule scenario deploys a snapshot of the tree, like the lab tests: the schema gate of its pre-flight
+    imports harness/, so a path the lab tests ship but the snapshot lacks fails molecule's converge."""
+    import yaml
+
+    plays = yaml.safe_load((ROOT / "molecule" / "default" / "create.yml").read_text())
+    copies = [t["ansible.builtin.command"]["argv"] for p in plays for t in p.get("tasks", [])
+              if t.get("ansible.builtin.command", {}).get("argv", [None])[0] == "cp"]
+    assert len(copies) == 1, copies
+    assert set(SHIPPED) <= set(copies[0]), f"molecule's snapshot lacks {sorted(set(SHIPPED) - set(copies[0]))}"
