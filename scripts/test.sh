@@ -29,13 +29,15 @@ for f in "${gated[@]}" "${checks[@]}" "${extra[@]}"; do ignore+=("--ignore=$f");
 rc=0
 started=$SECONDS
 if [ "${SIDE_BY_SIDE:-1}" = 1 ]; then
+  # Each pipeline runs in a subshell of its own: `wait` on a background pipeline that ended before an earlier `wait`
+  # returned would report sed's status, not pytest's; a subshell's own status is kept until it is waited for.
   pids=()
   for f in "${gated[@]}"; do
     tag=$(basename "$f" .py)
-    python -m pytest -v -p no:cacheprovider --durations=8 "$f" "$@" 2>&1 | sed -u "s/^/[$tag] /" &
+    (python -m pytest -v -p no:cacheprovider --durations=8 "$f" "$@" 2>&1 | sed -u "s/^/[$tag] /") &
     pids+=($!)
   done
-  python -m pytest -v -p no:cacheprovider --durations=8 "${checks[@]}" "$@" 2>&1 | sed -u "s/^/[checks] /" &
+  (python -m pytest -v -p no:cacheprovider --durations=8 "${checks[@]}" "$@" 2>&1 | sed -u "s/^/[checks] /") &
   pids+=($!)
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
 else
