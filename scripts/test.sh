@@ -29,16 +29,19 @@ for f in "${gated[@]}" "${checks[@]}" "${extra[@]}"; do ignore+=("--ignore=$f");
 rc=0
 started=$SECONDS
 if [ "${SIDE_BY_SIDE:-1}" = 1 ]; then
-  # Each pipeline runs in a subshell of its own: `wait` on a background pipeline that ended before an earlier `wait`
-  # returned would report sed's status, not pytest's; a subshell's own status is kept until it is waited for.
+  args=("$@")
   pids=()
-  for f in "${gated[@]}"; do
-    tag=$(basename "$f" .py)
-    (python -m pytest -v -p no:cacheprovider --durations=8 "$f" "$@" 2>&1 | sed -u "s/^/[$tag] /") &
+  # One pytest process in the background, every output line prefixed with [TAG]. The pipeline runs in a subshell of
+  # its own: `wait` on a background pipeline that ended before an earlier `wait` returned would report sed's status,
+  # not pytest's; a subshell's own status is kept until it is waited for.
+  tagged() {  # TAG FILE...
+    local tag=$1
+    shift
+    (python -m pytest -v -p no:cacheprovider --durations=8 "$@" "${args[@]}" 2>&1 | sed -u "s/^/[$tag] /") &
     pids+=($!)
-  done
-  (python -m pytest -v -p no:cacheprovider --durations=8 "${checks[@]}" "$@" 2>&1 | sed -u "s/^/[checks] /") &
-  pids+=($!)
+  }
+  for f in "${gated[@]}"; do tagged "$(basename "$f" .py)" "$f"; done
+  tagged checks "${checks[@]}"
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
 else
   python -m pytest -q -p no:cacheprovider --durations=12 "${gated[@]}" "${checks[@]}" "$@" || rc=1
