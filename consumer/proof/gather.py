@@ -23,7 +23,7 @@ from .sections import CpuReading, Movement, PreviousRun, RedisFacts, Report, Res
 from .systemd import unit_state, units_state
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RedisUnreachable(Exception):

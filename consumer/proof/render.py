@@ -139,12 +139,11 @@ def counter_lines(rep: Report) -> list[str]:
     c, er = rep.counters, rep.error_rate
     vals = "  ".join(f"{k} {n(v)}" for k, v in c.values.items())
     out = [_row("counters", vals + ("" if c.exists else f"  ({c.key} missing)"))]
-    window = "window: nothing consumed" if er.window is None else (
-        f"window {_pct(er.window)} ({n(er.window_errors)}/{n(er.window_consumed)} in "
-        f"{er.window_sec}s, {er.window_source})")
-    out.append(_row("errors", f"{_pct(er.value)} by {er.basis} · {window} · total {_pct(er.total)} "
-                              f"({n(er.total_errors)}/{n(er.total_consumed)}) · max {_pct(er.max)}  "
-                              f"[{er.definition}]"))
+    w, t = er.window, er.total
+    window = "window: nothing consumed" if w is None else (
+        f"window {_pct(w.rate)} ({n(w.errors)}/{n(w.consumed)} in {w.sec}s, {w.source})")
+    out.append(_row("errors", f"{_pct(er.value)} by {er.basis} · {window} · total {_pct(t.rate)} "
+                              f"({n(t.errors)}/{n(t.consumed)}) · max {_pct(er.max)}  [{er.definition}]"))
     return out
 
 

@@ -14,11 +14,13 @@ Definitions, shared with the ramp gates (they read the JSON report):
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .collect import Sample
 from .config import ProofSettings
 from .metrics import ERROR_RATE_DEFINITION, ErrorTally, counter_deltas, per_sec
 from .metrics import backlog as backlog_of
-from .sections import Drain, ErrorRate, Movement, Snapshot
+from .sections import Drain, ErrorRate, Movement, Snapshot, Tally, WindowTally
 
 
 def _delta(a: int | None, b: int | None) -> int | None:
@@ -79,24 +81,23 @@ def drain(sample: Sample, mv: Movement | None) -> Drain:
     return out
 
 
-def _ratio(tally: ErrorTally) -> float | None:
-    return None if tally.rate is None else round(tally.rate, 6)
+def _tally(counters: dict[str, int]) -> Tally:
+    t = ErrorTally.of(counters)
+    return Tally(rate=None if t.rate is None else round(t.rate, 6), errors=t.errors, consumed=t.consumed)
 
 
 def error_rate(settings: ProofSettings, totals: dict[str, int], window: Movement | None,
-               window_source: str) -> ErrorRate:
+               window_source: Literal["sample", "previous_run"]) -> ErrorRate:
     """The error rate by the definition above, with both candidate values and which one the verdict uses."""
-    total = ErrorTally.of(totals)
-    out = ErrorRate(definition=ERROR_RATE_DEFINITION, max=settings.error_rate_max,
-                    min_sample=settings.error_min_sample, total=_ratio(total), total_errors=total.errors,
-                    total_consumed=total.consumed)
+    total, win = _tally(totals), None
     if window is not None and window.counters is not None:
-        w = ErrorTally.of(window.counters)
-        out.window_errors, out.window_consumed, out.window_sec = w.errors, w.consumed, window.window_sec
-        out.window_source, out.window = window_source, _ratio(w)
-        if w.consumed >= settings.error_min_sample:
-            out.value, out.basis = out.window, "window"
-            return out
-    if out.total is not None:
-        out.value, out.basis = out.total, "total"
-    return out
+        t = _tally(window.counters)
+        win = WindowTally(rate=t.rate, errors=t.errors, consumed=t.consumed, sec=window.window_sec,
+                          source=window_source)
+    value, basis = None, "none"
+    if win is not None and win.consumed >= settings.error_min_sample:
+        value, basis = win.rate, "window"
+    elif total.rate is not None:
+        value, basis = total.rate, "total"
+    return ErrorRate(definition=ERROR_RATE_DEFINITION, max=settings.error_rate_max,
+                     min_sample=settings.error_min_sample, total=total, window=win, value=value, basis=basis)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from . import metrics
 
 UnitState = dict[str, Any]  # systemctl show, as systemd.unit_state reads it (`error` set when it could not answer)
 CpuReading = dict[str, Any]  # cpu.CpuMeter.result: source, percent, window_sec (and `error` when unreadable)
+MovementBasis = Literal["sample", "snapshot", "none"]  # what a movement was measured over: this run's sample, the last run's file
 
 
 def as_json(section: Any) -> Any:
@@ -41,7 +42,7 @@ class ResultStream(StreamInfo):
 
     last_entry_age_sec: float | None = None
     advancing: bool | None = None
-    advancing_basis: str = "none"
+    advancing_basis: MovementBasis = "none"
 
 
 @dataclass
@@ -163,22 +164,33 @@ class Drain:
 
 
 @dataclass
+class Tally:
+    """Errors over consumed intents; `rate` is None while nothing was consumed."""
+
+    rate: float | None
+    errors: int
+    consumed: int
+
+
+@dataclass
+class WindowTally(Tally):
+    """The tally over a window: its length and whether it is this run's sample or the time since the last run."""
+
+    sec: float
+    source: Literal["sample", "previous_run"]
+
+
+@dataclass
 class ErrorRate:
-    """Both candidate error rates and which one the verdict uses (`basis`)."""
+    """Both candidate error rates and which one the verdict uses (`basis`): the window once it holds min_sample."""
 
     definition: str
     max: float
     min_sample: int
-    total: float | None
-    total_errors: int
-    total_consumed: int
-    window: float | None = None
-    window_errors: int | None = None
-    window_consumed: int | None = None
-    window_sec: float | None = None
-    window_source: str | None = None
-    value: float | None = None
-    basis: str = "none"
+    total: Tally
+    window: WindowTally | None
+    value: float | None
+    basis: Literal["window", "total", "none"]
 
 
 @dataclass
@@ -267,7 +279,7 @@ class Report:
     counters: Counters
     error_rate: ErrorRate
     movement: Movement | None
-    movement_basis: str
+    movement_basis: MovementBasis
     previous_run: PreviousRun | None
     systemd: dict[str, Any]  # {"present": bool, "units": {name: UnitState}}
     cpu: dict[str, CpuReading]
