@@ -15,7 +15,7 @@ from . import metrics
 
 UnitState = dict[str, Any]  # systemctl show, as systemd.unit_state reads it (`error` set when it could not answer)
 CpuReading = dict[str, Any]  # cpu.CpuMeter.result: source, percent, window_sec (and `error` when unreadable)
-MovementBasis = Literal["sample", "snapshot", "none"]  # what a movement was measured over: this run's sample, the last run's file
+MovementBasis = Literal["sample", "snapshot", "none"]  # measured over this run's sample or since the last run's file
 
 
 def as_json(section: Any) -> Any:
