@@ -14,6 +14,7 @@ Definitions, shared with the ramp gates (they read the JSON report):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from .collect import Sample
@@ -91,9 +92,7 @@ def error_rate(settings: ProofSettings, totals: dict[str, int], window: Movement
     """The error rate by the definition above, with both candidate values and which one the verdict uses."""
     total, win = _tally(totals), None
     if window is not None and window.counters is not None:
-        t = _tally(window.counters)
-        win = WindowTally(rate=t.rate, errors=t.errors, consumed=t.consumed, sec=window.window_sec,
-                          source=window_source)
+        win = WindowTally(**dataclasses.asdict(_tally(window.counters)), sec=window.window_sec, source=window_source)
     value, basis = None, "none"
     if win is not None and win.consumed >= settings.error_min_sample:
         value, basis = win.rate, "window"
