@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1200)]
 NAME, IP, GATEWAY = "qe2e1", "10.213.61.2", "10.213.61.1"
 DEFAULT_LINE = "P0.D.5 Config: INTENT_MAX_AGE_SEC=600, XREADGROUP_COUNT=10, EXEC_CONCURRENCY=1"
 STATE = {}  # release ids seen so far, shared by the ordered tests
+PYCACHE = "/var/cache/quantum-lab-pycache"  # quantum_lab_pycache.CACHE_DIR on every lab host
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +114,15 @@ def test_deploy_serves_and_intents_published_through_the_bridge_come_back_as_res
 
 def test_unchanged_tree_makes_no_new_release_and_restarts_nothing(lab: LabHost) -> None:
     before = lab.fingerprint()
+    compiled = lab.out(f"ls {PYCACHE} | wc -l")
     res = deploy(lab, "--skip-tags", "molecule-idempotence-notest")
     out = ok(res)
     assert f"Release {STATE['r1']} already holds tree" in out
     assert "unchanged tree, no new release" in out
     assert recap(res.stdout, NAME)["changed"] == 0
     assert lab.fingerprint() == before  # same settings, drop-ins, releases, link and service invocations
+    # The lab host's bytecode cache of Ansible's module payloads: filled by the first deploy, only read by this one.
+    assert int(compiled) > 0 and lab.out(f"ls {PYCACHE} | wc -l") == compiled
 
 
 def test_changed_code_makes_a_new_release(lab: LabHost) -> None:
