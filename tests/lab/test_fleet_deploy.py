@@ -81,8 +81,16 @@ def admin() -> redis.Redis:
 
 
 def logins(host: FleetHost) -> int:
-    """SSH logins the host's sshd accepted so far (the counting command's own included)."""
-    return int(host.out("journalctl --no-pager -q -o cat _COMM=sshd | grep -c 'Accepted publickey' || true"))
+    """SSH logins the host's sshd accepted so far (the counting command's own included).
+
+    journald may not have read sshd's line of this very login when the command runs (on a loaded machine one host
+    counted one short). A marker sent to the same syslog socket after the login is awaited first: journald reads that
+    socket in order, so once the marker is in the journal, so is every line sshd sent before it."""
+    marker = f"login-count-{time.time_ns()}"
+    seen = f"journalctl --no-pager -q -o cat -t quantum-test | grep -qx {marker}"
+    return int(host.out(f"logger -t quantum-test {marker}; n=0; until {seen}; do n=$((n + 1)); "
+                        f"[ $n -le 300 ] || {{ echo 'marker not in the journal after 30 s' >&2; exit 3; }}; sleep 0.1; "
+                        "done; journalctl --no-pager -q -o cat _COMM=sshd | grep -c 'Accepted publickey' || true"))
 
 
 def fingerprints(fleet: Fleet) -> dict[str, dict[str, str]]:
