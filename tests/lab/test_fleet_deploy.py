@@ -80,19 +80,6 @@ def admin() -> redis.Redis:
                        socket_timeout=10, socket_connect_timeout=5)
 
 
-def logins(host: FleetHost) -> int:
-    """SSH logins the host's sshd accepted so far (the counting command's own included).
-
-    journald may not have read sshd's line of this very login when the command runs (on a loaded machine one host
-    counted one short). A marker sent to the same syslog socket after the login is awaited first: journald reads that
-    socket in order, so once the marker is in the journal, so is every line sshd sent before it."""
-    marker = f"login-count-{time.time_ns()}"
-    seen = f"journalctl --no-pager -q -o cat -t quantum-test | grep -qx {marker}"
-    return int(host.out(f"logger -t quantum-test {marker}; n=0; until {seen}; do n=$((n + 1)); "
-                        f"[ $n -le 300 ] || {{ echo 'marker not in the journal after 30 s' >&2; exit 3; }}; sleep 0.1; "
-                        "done; journalctl --no-pager -q -o cat _COMM=sshd | grep -c 'Accepted publickey' || true"))
-
-
 def fingerprints(fleet: Fleet) -> dict[str, dict[str, str]]:
     return {name: host.fingerprint() for name, host in fleet.hosts.items()}
 
@@ -190,7 +177,7 @@ def outcomes_of(r: redis.Redis, first_id: str, last_id: str) -> dict[str, int]:
 
 def test_bad_topology_fails_before_any_host_is_changed(fleet: Fleet) -> None:
     before = fingerprints(fleet)
-    counted = {n: logins(h) for n, h in fleet.hosts.items()}
+    counted = {n: h.logins() for n, h in fleet.hosts.items()}
     fleet.roles["quantum_execution"] = [REDIS, X1, X2]  # Redis would share its box with an execution service
     fleet.write_inventory()
     try:
@@ -198,7 +185,7 @@ def test_bad_topology_fails_before_any_host_is_changed(fleet: Fleet) -> None:
     finally:
         fleet.roles["quantum_execution"] = [X1, X2]
         fleet.write_inventory()
-    counted_after = {n: logins(h) for n, h in fleet.hosts.items()}
+    counted_after = {n: h.logins() for n, h in fleet.hosts.items()}
     out = flat(res.stdout)
     assert res.returncode != 0
     assert "TOPOLOGY REFUSED: host qtr-r is in both quantum_redis and quantum_execution" in out, res.stdout[-4000:]
