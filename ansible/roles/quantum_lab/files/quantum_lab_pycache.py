@@ -50,14 +50,17 @@ def compile_cached(pathname: str, source: bytes) -> types.CodeType:
         pass
     assert _compile_source is not None  # installed only where it exists
     code = _compile_source(pathname, source)
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             f.write(marshal.dumps(code))
         os.replace(tmp, path)  # whole or not at all, whatever other task writes the same key meanwhile
     except OSError:
-        pass
+        try:
+            os.unlink(tmp)  # a write cut short (a full disk) leaves nothing behind
+        except OSError:
+            pass
     return code
 
 
