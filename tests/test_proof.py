@@ -140,6 +140,19 @@ def drain_all(r: redis.Redis) -> int:
 # --- verdicts and exit codes ------------------------------------------------------------------------------------
 
 
+def test_the_error_rate_tallies_are_closed_shapes() -> None:
+    """Like every section, the tallies reject keys the schema does not name (a change of shape is deliberate)."""
+    section = Draft202012Validator({"$defs": SCHEMA["$defs"], **SCHEMA["properties"]["error_rate"]})
+    good = {"definition": "d", "max": 0.05, "min_sample": 20, "total": {"rate": 0.1, "errors": 1, "consumed": 10},
+            "window": {"rate": 0.5, "errors": 1, "consumed": 2, "sec": 4.0, "source": "sample"},
+            "value": 0.1, "basis": "total"}
+    assert section.is_valid(good)
+    assert section.is_valid({**good, "window": None})
+    assert not section.is_valid({**good, "total": {**good["total"], "sec": 4.0}})
+    assert not section.is_valid({**good, "window": {**good["window"], "window_sec": 4.0}})
+    assert not section.is_valid({**good, "window": {k: v for k, v in good["window"].items() if k != "source"}})
+
+
 def test_unreachable_redis_is_exit_2_with_one_line_and_no_traceback(env: dict[str, str]) -> None:
     env = dict(env, REDIS_URL=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
     for args in (["--once"], ["--json"], ["--watch", "--iterations", "1"], ["backlog"], ["rate", "--json"]):
