@@ -33,14 +33,13 @@ def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename, co_consts=consts)
 
 
-def _key(source: bytes) -> str:
-    salt = importlib.util.MAGIC_NUMBER + bytes([sys.flags.optimize])
-    return hashlib.sha256(salt + source).hexdigest()
+# Bytecode differs between interpreter versions and optimisation levels: both are part of every key.
+_SALT = importlib.util.MAGIC_NUMBER + bytes([sys.flags.optimize])
 
 
 def compile_cached(pathname: str, source: bytes) -> types.CodeType:
     """zipimport's compile step, through the cache."""
-    path = os.path.join(CACHE_DIR, _key(source))
+    path = os.path.join(CACHE_DIR, hashlib.sha256(_SALT + source).hexdigest())
     try:
         with open(path, "rb") as f:
             code = marshal.loads(f.read())
