@@ -8,6 +8,9 @@ import time
 from collections import Counter
 from datetime import datetime
 
+import redis
+
+from consumer.proof.collect import rate_limiters
 from consumer.validation import SchemaValidator, load_schema
 from support import (GROUP, IDEM_PREFIX, INTENTS, RATE_PREFIX, ROOT, dead_letters, drained, intent, pending, results,
                      stats, wait_until, xadd)
@@ -132,22 +135,24 @@ def test_backpressure_bounds_unacked_intents(r, service_factory):
     assert len(results(r)) == 60
 
 
-def test_rate_limit_delays_but_never_drops(r, service_factory):
+def test_rate_limit_delays_but_never_drops(r, redis_url, service_factory):
     """The limiter grants at most 4 per 1-second window, and no order goes out before the window that granted it.
 
     Finish times are not bucketed by calendar second: a grant at x.99 s may reach a worker thread in the next second,
     so a second can hold up to 4 late sends of one window and 4 of the next. What the limiter promises is read from
-    its own ledger (one Redis counter per window, polled while the backlog drains) and from the sends' order.
+    its own ledger (one Redis counter per window, polled while the backlog drains, through the reader `proof rate`
+    uses) and from the sends' order.
     """
     for i in range(12):
         xadd(r, intent(i))
     service_factory(RATE_LIMIT_MAX=4, RATE_LIMIT_WINDOW_SEC=1, EXEC_CONCURRENCY=4, XREADGROUP_COUNT=20)
-    granted: dict[int, int] = {}  # window index -> the most its counter showed
+    ledger = redis.Redis.from_url(redis_url, decode_responses=True)
+    granted: dict[float, int] = {}  # the epoch second a window opened -> the most its counter showed
 
     def ledger_read() -> bool:
-        for key in r.scan_iter(RATE_PREFIX + "*", count=1000):
-            window = int(key.decode().rsplit(":", 1)[1])
-            granted[window] = max(granted.get(window, 0), int(r.get(key) or 0))
+        for key in rate_limiters(ledger, RATE_PREFIX + "*", time.time(), keep=1000, window_sec=1).keys:
+            opened = key.resets_at - 1
+            granted[opened] = max(granted.get(opened, 0), key.count or 0)
         return drained(r, 12)
 
     wait_until(ledger_read, timeout=30, interval=0.005, what="12 rate-limited intents to be executed")
